@@ -1,0 +1,1 @@
+"""One-way converters from real driving datasets into the drivesim clip format."""

@@ -1,0 +1,1 @@
+"""Small shared helpers (atomic file output, errors). Imports nothing else from drivesim."""
