@@ -1,0 +1,57 @@
+"""Training-safety callbacks shared by every stage."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised when a training loss is NaN or infinite."""
+
+
+def _loss_values(outputs: Any) -> dict[str, float]:
+    """The scalar losses in a training_step output (a tensor, or a dict of tensors)."""
+    if isinstance(outputs, torch.Tensor):
+        return {"loss": float(outputs.detach())} if outputs.numel() == 1 else {}
+    if isinstance(outputs, Mapping):
+        values = {}
+        for key, value in outputs.items():
+            if isinstance(value, torch.Tensor) and value.numel() == 1 and "loss" in key:
+                values[key] = float(value.detach())
+        return values
+    return {}
+
+
+class FiniteLossGuard(Callback):
+    """Stop training on a NaN/Inf loss, naming the step, before any checkpoint is written.
+
+    Runs in ``on_train_batch_end``, which Lightning calls before ``ModelCheckpoint`` saves
+    (checkpoint callbacks always run last), so the last checkpoint on disk stays the last
+    good one. The exception propagates out of ``trainer.fit``; Lightning does not save on
+    an exception.
+    """
+
+    def __init__(self) -> None:
+        self._step_at_start = 0
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        # The step the batch was logged under (optimizers increment global_step before
+        # on_train_batch_end runs).
+        self._step_at_start = trainer.global_step
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        for name, value in _loss_values(outputs).items():
+            if not math.isfinite(value):
+                last = getattr(trainer.checkpoint_callback, "last_model_path", "") or "none yet"
+                raise NonFiniteLossError(
+                    f"{name} is {value} at global step {self._step_at_start} "
+                    f"(epoch {trainer.current_epoch}, batch {batch_idx}); training stopped. "
+                    f"The last good checkpoint is kept: {last}. Lower the learning rate, "
+                    f"enable gradient clipping, or check the data of this batch.")

@@ -1,0 +1,47 @@
+import sys
+from pathlib import Path
+
+import pytest
+
+from drivesim.training.pipeline import Stage, StageFailed, is_done, run_pipeline
+
+
+def _touch_stage(name: str, out: Path, counter: Path) -> Stage:
+    code = (f"from pathlib import Path; Path({str(out)!r}).write_text('x'); "
+            f"c = Path({str(counter)!r}); c.write_text(str(int(c.read_text() or 0) + 1) if c.exists() else '1')")
+    return Stage(name=name, title=name, argv=["-c", code], outputs=[out], program=[sys.executable])
+
+
+def test_finished_stages_are_skipped_and_force_reruns(tmp_path):
+    counter = tmp_path / "count"
+    stage = _touch_stage("a", tmp_path / "a.txt", counter)
+    stamps = tmp_path / "stamps"
+    first = run_pipeline([stage], stamps)
+    assert not first[0].skipped and counter.read_text() == "1"
+    second = run_pipeline([stage], stamps)
+    assert second[0].skipped and counter.read_text() == "1"
+    run_pipeline([stage], stamps, force=True)
+    assert counter.read_text() == "2"
+
+
+def test_missing_output_means_not_done(tmp_path):
+    stage = _touch_stage("a", tmp_path / "a.txt", tmp_path / "count")
+    run_pipeline([stage], tmp_path / "stamps")
+    assert is_done(stage, tmp_path / "stamps")
+    (tmp_path / "a.txt").unlink()
+    assert not is_done(stage, tmp_path / "stamps")
+
+
+def test_failing_stage_raises_and_writes_no_stamp(tmp_path):
+    stage = Stage(name="bad", title="bad", argv=["-c", "raise SystemExit(3)"],
+                  program=[sys.executable])
+    with pytest.raises(StageFailed, match="exit code 3"):
+        run_pipeline([stage], tmp_path / "stamps")
+    assert not (tmp_path / "stamps" / "bad.done.json").exists()
+
+
+def test_stage_without_its_output_fails(tmp_path):
+    stage = Stage(name="lazy", title="lazy", argv=["-c", "pass"], program=[sys.executable],
+                  outputs=[tmp_path / "never.txt"])
+    with pytest.raises(StageFailed, match="did not write"):
+        run_pipeline([stage], tmp_path / "stamps")
