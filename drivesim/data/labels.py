@@ -47,7 +47,7 @@ def daynight_id(value: str | int | None) -> int:
 
 
 def class_id(value: str | int) -> int:
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < NUM_CLASSES:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value < NUM_CLASSES:
         return value
     if isinstance(value, str) and value in CLASS_IDS:
         return CLASS_IDS[value]
