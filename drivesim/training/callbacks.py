@@ -55,3 +55,33 @@ class FiniteLossGuard(Callback):
                     f"(epoch {trainer.current_epoch}, batch {batch_idx}); training stopped. "
                     f"The last good checkpoint is kept: {last}. Lower the learning rate, "
                     f"enable gradient clipping, or check the data of this batch.")
+
+
+class LossRecorder(Callback):
+    """Append every training step's losses (and the clip ids it saw) to a JSON-lines file.
+
+    One file per rank (``{path}.rank{r}.jsonl``), flushed per line so a killed run keeps what
+    it logged. Used by the resume and DDP tests and handy for quick loss-curve plots.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._step_at_start = 0
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        self._step_at_start = trainer.global_step
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        import json
+        from pathlib import Path
+
+        record = {"step": self._step_at_start, "epoch": trainer.current_epoch,
+                  "rank": trainer.global_rank, **_loss_values(outputs)}
+        if isinstance(batch, Mapping) and "clip_id" in batch:
+            record["clip_id"] = list(batch["clip_id"])
+        out = Path(f"{self.path}.rank{trainer.global_rank}.jsonl")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(out, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
