@@ -6,7 +6,9 @@ PY := $(VENV)/bin/python
 DS := $(VENV)/bin/drivesim
 # CPU torch wheel on dev boxes and CI; on a GPU box use e.g. `make install TORCH=torch`.
 TORCH ?= torch>=2.3,<2.14
-EXTRAS ?= dev
+EXTRAS ?= dev,nuscenes
+# nuscenes-devkit pins numpy<2 but runs on numpy 2 for what we use: installed without its pins
+NUSCENES_DEVKIT ?= nuscenes-devkit==1.2.0
 STAMP := $(VENV)/.drivesim-installed
 RUNS ?= runs
 DATA ?= $(RUNS)/data/synth
@@ -23,6 +25,7 @@ help: ## list the targets
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q "$(TORCH)" -e ".[$(EXTRAS)]"
+	$(if $(findstring nuscenes,$(EXTRAS)),$(PY) -m pip install -q --no-deps "$(NUSCENES_DEVKIT)")
 	@touch $@
 
 install: $(STAMP) ## create .venv and install drivesim with the dev extra (idempotent)

@@ -1,0 +1,207 @@
+"""Encode+decode throughput and peak memory: drivesim AutoencoderKL vs diffusers, same channels.
+
+Image AE vs ``diffusers.AutoencoderKL`` and temporal decoder vs
+``diffusers.AutoencoderKLTemporalDecoder``, random weights, built with the same widths,
+blocks and latent channels, measured in the same run. Each measurement runs in a fresh
+child process (so peak memory is per model); the runs alternate ours/theirs ``--repeats``
+times and the best time is kept, which damps the noise of a shared machine.
+
+Peak memory: CUDA ``max_memory_allocated``; on CPU the child's peak RSS growth after the
+model and input exist (peak ``ru_maxrss`` minus the current RSS before the pass), i.e. activations + workspace of one encode+decode.
+
+    python benchmarks/bench_autoencoder.py --size 64x128 --base 32 --mult 1,2,2,4 --blocks 1
+    python benchmarks/bench_autoencoder.py --temporal --frames 6
+
+``--quality A.safetensors [B.safetensors ...]`` instead scores trained model files on held-out
+synthetic clips (a seed stream disjoint from training and validation): PSNR (mean over
+frames), SSIM and the flicker metric, for the issue's measured targets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+
+def _build(impl: str, args: argparse.Namespace):
+    import torch
+
+    mult = [int(m) for m in args.mult.split(",")]
+    if impl == "ours":
+        from drivesim.models.autoencoder import AutoencoderKL
+
+        return AutoencoderKL(args.base, mult, args.blocks, args.latent, temporal_decoder=args.temporal,
+                             temporal_spatial_kernel=args.temporal_spatial_kernel)
+    import diffusers
+
+    widths = [args.base * m for m in mult]
+    common = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * len(mult),
+                  block_out_channels=widths, layers_per_block=args.blocks, latent_channels=args.latent)
+    if args.temporal:
+        return diffusers.AutoencoderKLTemporalDecoder(**common)
+    torch.manual_seed(0)
+    return diffusers.AutoencoderKL(up_block_types=("UpDecoderBlock2D",) * len(mult), norm_num_groups=32, **common)
+
+
+def _step(impl: str, model, x):
+    """One encode + decode of ``x [B, T, 3, H, W]`` (posterior mean), returns frames."""
+    if impl == "ours":
+        return model.decode(model.encode(x).mode())
+    b, t = x.shape[:2]
+    flat = x.flatten(0, 1)                                            # [B*T, 3, H, W]
+    z = model.encode(flat).latent_dist.mode()
+    if hasattr(model.decoder, "time_conv_out"):                       # temporal decoder needs num_frames
+        return model.decode(z, num_frames=t).sample
+    return model.decode(z).sample
+
+
+def worker(impl: str, args: argparse.Namespace) -> dict:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    model = _build(impl, args).to(device).eval()
+    h, w = (int(v) for v in args.size.split("x"))
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.rand(args.batch, args.frames, 3, h, w, generator=gen) * 2 - 1).to(device)
+    with torch.no_grad():
+        _step(impl, model, x)                                          # warm-up
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        for _ in range(args.iters):
+            _step(impl, model, x)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = (time.perf_counter() - start) / args.iters
+    # CPU: the warm-up already set this process's peak RSS, so memory_worker measures it in a fresh child
+    peak_mb = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else float("nan")
+    return {"impl": impl, "frames_per_s": args.batch * args.frames / seconds, "seconds": seconds,
+            "peak_mb": peak_mb, "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
+
+
+def memory_worker(impl: str, args: argparse.Namespace) -> float:
+    """CPU peak RSS growth (MiB) of the first encode+decode after the model and input exist."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    model = _build(impl, args).eval()
+    h, w = (int(v) for v in args.size.split("x"))
+    x = torch.rand(args.batch, args.frames, 3, h, w) * 2 - 1
+    # current RSS (not the high-water mark, which model construction may have raised) as the base
+    with open("/proc/self/statm") as fh:
+        base_kb = int(fh.read().split()[1]) * resource.getpagesize() // 1024
+    with torch.no_grad():
+        _step(impl, model, x)
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_kb) / 1024
+
+
+def quality(paths: list[str], args: argparse.Namespace) -> None:
+    """PSNR / SSIM / flicker of each model file on the same held-out synthetic clips."""
+    import torch
+    from torchmetrics.functional.image import (
+        peak_signal_noise_ratio,
+        structural_similarity_index_measure,
+    )
+
+    from drivesim.data.datasets import SyntheticDataset
+    from drivesim.models.autoencoder import load_autoencoder
+    from drivesim.training.autoencoder_module import flicker
+
+    torch.set_num_threads(args.threads)
+    h, w = (int(v) for v in args.size.split("x"))
+    data = SyntheticDataset(frames=args.frames, fps=10.0, height=h, width=w, samples=args.clips,
+                            seed=args.quality_seed, resample_each_epoch=False)
+    clips = [s["video"] for s in data]                                   # each [T, 3, H, W]
+    for path in paths:
+        ae = load_autoencoder(path)
+        psnr, ssim, flick = [], [], []
+        with torch.no_grad():
+            for video in clips:
+                x = video[None]
+                recon = ae.decode(ae.encode(x).mode()).clamp(-1, 1)
+                a, b = (recon[0] + 1) / 2, (x[0] + 1) / 2                 # [T, 3, H, W] in [0, 1]
+                psnr.append(peak_signal_noise_ratio(a, b, data_range=1.0, reduction="none", dim=(1, 2, 3)).mean())
+                ssim.append(structural_similarity_index_measure(a, b, data_range=1.0))
+                if x.shape[1] > 1:
+                    flick.append(flicker(recon * 0.5, x * 0.5))  # [0, 1] pixel units
+        mean = lambda v: float(torch.stack(v).mean()) if v else float("nan")  # noqa: E731
+        print(f"{path}: PSNR {mean(psnr):.2f} dB  SSIM {mean(ssim):.4f}  flicker {mean(flick):.5f} "
+              f"({args.clips} held-out clips x {args.frames} frames, {args.size})")
+
+
+def _child(mode: str, impl: str, argv: list[str]) -> dict:
+    out = subprocess.run([sys.executable, __file__, *argv, f"--{mode}", impl], capture_output=True, text=True,
+                         check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", default="64x128")
+    p.add_argument("--base", type=int, default=32)
+    p.add_argument("--mult", default="1,2,2,4")
+    p.add_argument("--blocks", type=int, default=1)
+    p.add_argument("--latent", type=int, default=4)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--frames", type=int, default=4)
+    p.add_argument("--temporal", action="store_true", help="temporal decoder vs AutoencoderKLTemporalDecoder")
+    p.add_argument("--temporal-spatial-kernel", type=int, default=3,
+                   help="ours: 3 = the paper's (3, 3, 3) convs, 1 = SVD-style (3, 1, 1) like diffusers")
+    p.add_argument("--iters", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quality", nargs="+", default=None, metavar="MODEL_FILE",
+                   help="score model files on held-out synthetic clips instead of timing")
+    p.add_argument("--clips", type=int, default=16, help="--quality: number of held-out clips")
+    p.add_argument("--quality-seed", type=int, default=777_777, help="--quality: held-out seed stream")
+    p.add_argument("--worker", choices=("ours", "diffusers"), default=None, help=argparse.SUPPRESS)
+    p.add_argument("--memory", choices=("ours", "diffusers"), default=None, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse(argv)
+    if args.worker:
+        print(json.dumps(worker(args.worker, args)))
+        return 0
+    if args.quality:
+        quality(args.quality, args)
+        return 0
+    if args.memory:
+        print(json.dumps({"peak_mb": memory_worker(args.memory, args)}))
+        return 0
+    best: dict[str, dict] = {}
+    for _ in range(args.repeats):
+        for impl in ("ours", "diffusers"):
+            r = _child("worker", impl, argv)
+            if impl not in best or r["seconds"] < best[impl]["seconds"]:
+                best[impl] = r
+    if args.device == "cpu":
+        for impl in ("ours", "diffusers"):
+            best[impl]["peak_mb"] = _child("memory", impl, argv)["peak_mb"]
+    kind = "temporal decoder vs AutoencoderKLTemporalDecoder" if args.temporal else "image AE vs AutoencoderKL"
+    if args.temporal:
+        k = args.temporal_spatial_kernel
+        kind += f" (ours with (3, {k}, {k}) temporal convs)"
+    print(f"{kind}: {args.batch}x{args.frames} frames {args.size}, base {args.base}, mult {args.mult}, "
+          f"{args.blocks} blocks, {args.device}, {args.threads} thread(s)")
+    for impl in ("ours", "diffusers"):
+        r = best[impl]
+        print(f"  {impl:9s} {r['frames_per_s']:8.2f} frames/s  peak {r['peak_mb']:8.1f} MiB  "
+              f"{r['params_m']:.2f} M params")
+    ours, theirs = best["ours"], best["diffusers"]
+    print(f"  throughput ratio ours/diffusers: {ours['frames_per_s'] / theirs['frames_per_s']:.2f}x")
+    print(f"  peak memory ratio ours/diffusers: {ours['peak_mb'] / max(theirs['peak_mb'], 1e-6):.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

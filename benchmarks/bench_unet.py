@@ -1,0 +1,312 @@
+"""Training-step benchmark: our image UNet vs diffusers' UNet2DConditionModel.
+
+Both networks get the same channels, blocks, attention levels, heads (32 channels per
+head), token width and batch; ours also runs its label and box encoders. For each config
+every implementation runs in its own subprocess (so peak memory is its own), timing
+forward + backward of a squared-error loss. Printed: time per sample, peak memory of the
+step, the ratio diffusers / ours, and achieved GFLOP/s (FLOPs counted with
+torch.utils.flop_counter) against a measured fp32 matmul peak of this machine.
+
+Usage: python benchmarks/bench_unet.py [--configs tiny mid] [--device cpu|cuda]
+       [--threads 1] [--iters 5] [--channels-last]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+CONFIGS: dict[str, dict] = {
+    # tiny: the CPU demo (64x128 frames -> 8x16x4 latents)
+    "tiny": dict(model_channels=32, channel_mult=(1, 2, 4), num_res_blocks=1,
+                 attention_resolutions=(2, 4), token_dim=64, max_boxes=8, latent=(8, 16), batch=8),
+    # mid: 128x256 frames -> 16x32x4 latents (the paper's resolution), a mid-size network
+    "mid": dict(model_channels=128, channel_mult=(1, 2, 2, 4), num_res_blocks=2,
+                attention_resolutions=(2, 4, 8), token_dim=256, max_boxes=16, latent=(16, 32),
+                batch=4),
+}
+HEAD_CHANNELS = 32
+
+Step = Callable[[], torch.Tensor]
+
+
+def our_model_kwargs(cfg: dict) -> dict:
+    keys = ("model_channels", "channel_mult", "num_res_blocks", "attention_resolutions",
+            "token_dim", "max_boxes")
+    return {k: cfg[k] for k in keys} | {"num_head_channels": HEAD_CHANNELS}
+
+
+def random_conditioning(batch: int, frames: int, max_boxes: int, generator: torch.Generator):
+    from drivesim.models.conditioning import Conditioning
+
+    c = torch.rand(batch, frames, max_boxes, 2, 2, generator=generator).sort(dim=-2).values
+    boxes = torch.stack([c[..., 0, 0], c[..., 0, 1], c[..., 1, 0], c[..., 1, 1]], dim=-1)
+    classes = torch.randint(0, 7, (batch, frames, max_boxes), generator=generator)
+    return Conditioning(boxes=boxes, box_classes=classes,
+                        daynight=torch.randint(0, 3, (batch,), generator=generator),
+                        crowd=torch.randint(0, 4, (batch,), generator=generator))
+
+
+def build_ours(cfg: dict, device: torch.device, channels_last: bool) -> tuple[torch.nn.Module, Step]:
+    from drivesim.models.unet import UNet
+
+    g = torch.Generator().manual_seed(0)
+    model = UNet(**our_model_kwargs(cfg)).to(device)
+    b, (h, w) = cfg["batch"], cfg["latent"]
+    x = torch.randn(b, 1, 4, h, w, generator=g).to(device)
+    t = torch.rand(b, generator=g).mul(999).to(device)
+    cond = random_conditioning(b, 1, cfg["max_boxes"], g).to(device)
+    return model, lambda: model(x, t, cond).square().mean()
+
+
+def diffusers_image_model(cfg: dict):
+    from diffusers import UNet2DConditionModel
+
+    chans = tuple(cfg["model_channels"] * m for m in cfg["channel_mult"])
+    attn = [2 ** i in cfg["attention_resolutions"] for i in range(len(chans))]
+    return UNet2DConditionModel(
+        sample_size=cfg["latent"], in_channels=4, out_channels=4, block_out_channels=chans,
+        down_block_types=tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attn),
+        up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
+        layers_per_block=cfg["num_res_blocks"], cross_attention_dim=cfg["token_dim"],
+        attention_head_dim=tuple(c // HEAD_CHANNELS for c in chans),  # diffusers: = head count
+        norm_num_groups=32, use_linear_projection=True, resnet_time_scale_shift="scale_shift")
+
+
+def build_diffusers(cfg: dict, device: torch.device, channels_last: bool
+                    ) -> tuple[torch.nn.Module, Step]:
+    g = torch.Generator().manual_seed(0)
+    model = diffusers_image_model(cfg).to(device)
+    b, (h, w) = cfg["batch"], cfg["latent"]
+    x = torch.randn(b, 4, h, w, generator=g).to(device)
+    t = torch.rand(b, generator=g).mul(999).to(device)
+    # label token + frame token + one token per box, as our UNet attends to
+    tokens = torch.randn(b, 2 + cfg["max_boxes"], cfg["token_dim"], generator=g).to(device)
+    return model, lambda: model(x, t, encoder_hidden_states=tokens).sample.square().mean()
+
+
+BUILDERS = {"ours": build_ours, "diffusers": build_diffusers}
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def _reset_peak_rss() -> None:
+    """Reset the kernel's RSS high-water mark (Linux >= 4.0: write 5 to clear_refs)."""
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+
+
+def _peak_rss_mib() -> float:
+    with open("/proc/self/status") as fh:
+        line = next(x for x in fh if x.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
+
+
+def saved_activation_mib(model: torch.nn.Module, step: Step) -> float:
+    """Bytes the autograd graph keeps for backward, parameters excluded and storages
+    counted once: a device-independent measure of the step's activation memory."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = step()
+    del loss
+    return sum(seen.values()) / 2**20
+
+
+def measure(model: torch.nn.Module, step: Step, device: torch.device, iters: int,
+            warmup: int = 2) -> dict:
+    """Fastest fwd+bwd seconds over ``iters`` (the minimum is the least disturbed by other
+    load on a shared machine), peak extra memory (MiB) of the step, FLOPs of one step."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model.train()
+
+    def one() -> None:
+        model.zero_grad(set_to_none=True)
+        step().backward()
+
+    for _ in range(warmup):  # also loads lazily-initialised kernels before the baseline
+        one()
+    model.zero_grad(set_to_none=True)
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        _reset_peak_rss()
+        base = _rss_mib()
+    times = []
+    for _ in range(iters):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        one()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    if device.type == "cuda":
+        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+    else:  # RSS high-water mark since the reset (see MALLOC_MMAP_THRESHOLD_ in run_impl)
+        peak = _peak_rss_mib() - base
+    with FlopCounterMode(display=False) as counter:
+        one()
+    return {"seconds": min(times), "median": statistics.median(times), "peak_mib": peak,
+            "saved_mib": saved_activation_mib(model, step), "flops": counter.get_total_flops(),
+            "params": sum(p.numel() for p in model.parameters())}
+
+
+def matmul_peak_gflops(device: torch.device, n: int = 2048, reps: int = 8) -> float:
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    best = float("inf")
+    for _ in range(reps + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
+def time_alternating(runs: dict[str, tuple[torch.nn.Module, Step]], device: torch.device,
+                     iters: int, warmup: int = 2) -> dict[str, float]:
+    """Fastest fwd+bwd seconds of each model, stepping the models in turn within one process
+    so that load from other processes on a shared machine hits all of them alike."""
+    best = {name: float("inf") for name in runs}
+    best["matmul_gflops"] = 0.0
+    for i in range(warmup + iters):
+        # the matmul peak is sampled between the steps too, under the same background load
+        best["matmul_gflops"] = max(best["matmul_gflops"], matmul_peak_gflops(device, reps=1))
+        for name, (model, step) in runs.items():
+            model.train()
+            model.zero_grad(set_to_none=True)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            step().backward()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if i >= warmup:
+                best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
+def worker(builders: dict, configs: dict, args: argparse.Namespace) -> int:
+    """--worker timing: both models, alternating; --worker NAME: one model's memory/FLOPs."""
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    device, cfg = torch.device(args.device), configs[args.config]
+    names = list(builders) if args.worker == "timing" else [args.worker]
+    runs = {}
+    for name in names:
+        model, step = builders[name](cfg, device, args.channels_last)
+        if args.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        runs[name] = (model, step)
+    if args.worker == "timing":
+        result = time_alternating(runs, device, args.iters)
+    else:
+        result = measure(*runs[args.worker], device, args.iters) | {"batch": cfg["batch"]}
+    print(json.dumps(result))
+    return 0
+
+
+def run_impl(script: Path, impl: str, config: str, args: argparse.Namespace,
+             memory: bool = False) -> dict:
+    iters = 1 if memory else args.iters  # memory runs need only one measured step
+    cmd = [sys.executable, str(script), "--worker", impl, "--config", config,
+           "--device", args.device, "--threads", str(args.threads), "--iters", str(iters)]
+    if args.channels_last:
+        cmd.append("--channels-last")
+    env = dict(os.environ)
+    if memory:  # a fixed mmap threshold makes glibc return every large block to the OS when
+        # freed, so the RSS high-water mark tracks the live tensors (CPU); it slows the
+        # step by page faults, so timings come from runs without it
+        env["MALLOC_MMAP_THRESHOLD_"] = "65536"
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def measure_impls(script: Path, name: str, args: argparse.Namespace) -> dict[str, dict]:
+    """Memory / FLOPs from one run per implementation, time from ``rounds`` fresh processes
+    that alternate the two implementations step by step (fastest step kept)."""
+    rows = {impl: run_impl(script, impl, name, args, memory=True) for impl in ("ours", "diffusers")}
+    for impl in rows:
+        rows[impl]["seconds"] = float("inf")
+    for _ in range(args.rounds):
+        timing = run_impl(script, "timing", name, args)
+        for impl in rows:
+            rows[impl]["seconds"] = min(rows[impl]["seconds"], timing[impl])
+            rows[impl]["peak_gflops"] = max(rows[impl].get("peak_gflops", 0.0),
+                                            timing["matmul_gflops"])
+    return rows
+
+
+def report(script: Path, configs: dict, unit: str, args: argparse.Namespace) -> int:
+    device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
+    print(f"device {device}, {args.threads} thread(s); fastest of {args.iters} alternating "
+          f"steps x {args.rounds} processes; %peak against the best fp32 matmul (2048^2) "
+          f"timed between the steps")
+    print(f"{'config':6} {'impl':9} {'params':>8} {'ms/' + unit:>10} {'peak MiB':>9} "
+          f"{'saved MiB/' + unit:>9} {'GFLOP/' + unit:>11} {'GFLOP/s':>8} {'%peak':>6}")
+    for name in args.configs:
+        rows = measure_impls(script, name, args)
+        for impl, r in rows.items():
+            per, peak = r["seconds"] / r["batch"], r["peak_gflops"]
+            gflops = r["flops"] / r["seconds"] / 1e9
+            print(f"{name:6} {impl:9} {r['params'] / 1e6:7.2f}M {per * 1e3:10.1f} "
+                  f"{r['peak_mib']:9.1f} {r['saved_mib'] / r['batch']:9.1f} "
+                  f"{r['flops'] / r['batch'] / 1e9:11.2f} {gflops:8.1f} {100 * gflops / peak:5.1f}%")
+        ours, ref = rows["ours"], rows["diffusers"]
+        print(f"{name:6} matmul peak {peak:.1f} GFLOP/s; speed-up diffusers/ours "
+              f"{ref['seconds'] / ours['seconds']:.2f}x, peak memory ours/diffusers {ours['peak_mib'] / max(ref['peak_mib'], 1e-9):.2f}x, "
+              f"saved activations ours/diffusers {ours['saved_mib'] / ref['saved_mib']:.2f}x")
+    return 0
+
+
+def parse_args(argv: list[str], configs: dict) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--configs", nargs="+", default=list(configs), choices=list(configs))
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--worker", choices=("ours", "diffusers", "timing"), help=argparse.SUPPRESS)
+    p.add_argument("--config", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv, CONFIGS)
+    if args.worker:
+        return worker(BUILDERS, CONFIGS, args)
+    return report(Path(__file__).resolve(), CONFIGS, "sample", args)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

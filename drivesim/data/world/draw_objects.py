@@ -1,0 +1,337 @@
+"""Vehicles and roadside objects as a depth-sorted display list (painter's algorithm).
+
+Geometry is computed for all objects at once with numpy (box corners, back-face culling,
+shading, projection); what remains per primitive is one OpenCV call. Each vehicle is a
+few boxes in its own frame (x forward, z up): dark running gear, the body, a glass cabin
+(cars), a cab and a cargo box (trucks), a window band (buses), plus tail/head lights that
+glow at night. Faces are lit by a fixed sun by day and by the ego's low beams at night,
+then fogged with distance (palette.shade_array).
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+from drivesim.data.labels import CLASS_IDS
+
+from .camera import (
+    BOX_FACE_NORMALS,
+    BOX_FACES,
+    box_corners,
+    clip_polygon_to_near,
+    project,
+    transform,
+)
+from .palette import (
+    BUS_COLOURS,
+    CARGO_COLOURS,
+    FACADE_COLOURS,
+    TREE_COLOURS,
+    VEHICLE_COLOURS,
+    Palette,
+    shade_array,
+)
+from .scene import Scene
+from .scenery import BUILDING, LAMP, POLE, TREE
+
+SHIFT = 4
+_ONE = 1 << SHIFT
+_SUN = np.array([-0.35, 0.45, 0.82]) / np.linalg.norm([-0.35, 0.45, 0.82])
+_TAIL, _HEAD, _LAMP = np.array([255.0, 36, 28]), np.array([255.0, 250, 226]), np.array([255.0, 226, 160])
+POLY, CIRCLE, LINE, POLYS = 0, 1, 2, 3
+_VEHICLE, _CARGO, _BUS = (tuple(map(tuple, c.tolist())) for c in (VEHICLE_COLOURS, CARGO_COLOURS, BUS_COLOURS))
+_TROUSERS = ((40, 44, 70), (30, 30, 32), (90, 80, 64), (70, 90, 120))
+_SKIN = ((224, 180, 150), (180, 130, 96), (120, 80, 56))
+
+
+def fixed(uv: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.round(uv * _ONE), dtype=np.int32)
+
+
+def execute(img: np.ndarray, cmds: list) -> None:
+    """Run draw commands far to near; each is (depth, seq, op, a, b, c)."""
+    cmds.sort(key=lambda c: (-c[0], c[1]))
+    for _, _, op, a, b, c in cmds:
+        if op == POLY:
+            cv2.fillConvexPoly(img, a, b, cv2.LINE_AA, SHIFT)
+        elif op == CIRCLE:
+            cv2.circle(img, a, b, c, -1, cv2.LINE_AA, SHIFT)
+        elif op == LINE:
+            cv2.line(img, a[0], a[1], c, b, cv2.LINE_AA, SHIFT)
+        else:
+            cv2.fillPoly(img, a, b, cv2.LINE_8, SHIFT)
+
+
+class ObjectPainter:
+    def __init__(self, K: np.ndarray, near: float, pal: Palette, height: int, width: int) -> None:
+        self.K, self.near, self.pal, self.h, self.w = K, near, pal, height, width
+
+    # ------------------------------------------------------------ boxes
+    def boxes(self, cmds: list, cam_from_world: np.ndarray, centre: np.ndarray, size: np.ndarray,
+              yaw: np.ndarray, colours: np.ndarray, light: np.ndarray, dist: np.ndarray,
+              depth: np.ndarray, seq: np.ndarray) -> np.ndarray:
+        """Emit the camera-facing faces of B boxes; returns the visible-face mask [B, 5].
+
+        colours [B, 5, 3] base RGB per face (front, back, left, right, top); light, dist,
+        depth, seq [B]: light multiplier, fog distance, painter depth and order key.
+        """
+        corners = transform(cam_from_world, box_corners(centre, size, yaw))  # [B, 8, 3]
+        quads = corners[:, BOX_FACES]                                        # [B, 5, 4, 3]
+        c, s = np.cos(yaw)[:, None], np.sin(yaw)[:, None]
+        nx, ny = BOX_FACE_NORMALS[None, :, 0], BOX_FACE_NORMALS[None, :, 1]
+        nz = np.broadcast_to(BOX_FACE_NORMALS[None, :, 2], (len(yaw), 5))
+        normals_w = np.stack([c * nx - s * ny, s * nx + c * ny, nz], axis=-1)  # [B, 5, 3]
+        normals_c = normals_w @ cam_from_world[:3, :3].T
+        facing = (normals_c * quads.mean(axis=2)).sum(-1) < 0.0
+        ahead = quads[..., 2] >= self.near                                   # [B, 5, 4]
+        sun = 1.0 if self.pal.night else 0.62 + 0.38 * np.maximum(normals_w @ _SUN, 0.0)
+        cols = shade_array(self.pal, colours, dist[:, None], light[:, None] * sun).tolist()
+        uv = project(self.K, np.where(ahead[..., None], quads, np.array([0.0, 0.0, 1.0])))
+        pts = fixed(uv)
+        lo, hi = uv.min(axis=2), uv.max(axis=2)
+        on_screen = (hi[..., 0] > 0) & (lo[..., 0] < self.w) & (hi[..., 1] > 0) & (lo[..., 1] < self.h)
+        all_ahead = ahead.all(-1)
+        draw = facing & ahead.any(-1) & (on_screen | ~all_ahead)
+        for b, f in zip(*np.nonzero(draw)):
+            if all_ahead[b, f]:
+                poly = pts[b, f]
+            else:
+                clipped = clip_polygon_to_near(quads[b, f], self.near)
+                if len(clipped) < 3:
+                    continue
+                poly = fixed(project(self.K, clipped))
+            cmds.append((depth[b], seq[b], POLY, poly, cols[b][f], None))
+        return draw
+
+    def lights(self, cmds: list, points_cam: np.ndarray, radius_m: float, colours: np.ndarray,
+               halo: float | np.ndarray, depth: np.ndarray, seq: np.ndarray) -> None:
+        """Light sources [L]: a bright core and, where ``halo`` > 1, a dimmer glow that many
+        times wider."""
+        ok = points_cam[:, 2] > self.near
+        if not ok.any():
+            return
+        uv = project(self.K, np.where(ok[:, None], points_cam, [0.0, 0.0, 1.0]))
+        r = self.K[0, 0] * radius_m / np.maximum(points_cam[:, 2], self.near)
+        centres = fixed(uv).tolist()
+        halo = np.broadcast_to(np.asarray(halo, dtype=np.float64), r.shape)
+        for k in np.flatnonzero(ok):
+            centre = tuple(centres[k])
+            if halo[k] > 1.0:
+                cmds.append((depth[k], seq[k], CIRCLE, centre, int(max(r[k] * halo[k], 1.5) * _ONE),
+                             tuple(int(x) for x in colours[k] * 0.45)))
+            cmds.append((depth[k], seq[k] + 0.01, CIRCLE, centre, int(max(r[k], 0.7) * _ONE),
+                         tuple(int(x) for x in colours[k])))
+
+    # ------------------------------------------------------------ vehicles
+    def vehicles(self, cmds: list, scene: Scene, which: np.ndarray) -> tuple | None:
+        """Emit the lights of the vehicles ``which`` and return their part boxes as the
+        arguments of ``boxes`` (drawn together with the buildings: one numpy pass)."""
+        if not len(which):
+            return None
+        pal = self.pal
+        cam_x, cam_y = np.linalg.inv(scene.cam_from_world)[:2, 3].tolist()
+        rows, cols, lights = [], [], []
+        for i, (x, y, _, ln, wd, ht, yaw), cls, tint, depth in zip(
+                which.tolist(), scene.boxes3d[which].tolist(), scene.classes[which].tolist(),
+                scene.tints[which].tolist(), scene.distance[which].tolist()):
+            fx, fy = math.cos(yaw), math.sin(yaw)
+            along = (cam_x - x) * fx + (cam_y - y) * fy  # camera ahead (+) or behind (-) the vehicle
+            for k, (dx, z0, z1, pl, pw, part_cols) in enumerate(_parts(cls, tint, ln, wd, ht, along, pal)):
+                rows.append((x + fx * dx, y + fy * dx, 0.5 * (z0 + z1), pl, pw, z1 - z0, yaw, depth, k, i))
+                cols.append(part_cols)
+            if cls == CLASS_IDS["pedestrian"]:
+                continue  # no lights
+            zl = 0.62 * min(ht, 1.6) if ht < 2.0 else 0.9
+            for sign, show in ((-1.0, along < -0.5 * ln), (1.0, along > 0.5 * ln)):
+                if show:
+                    for side in (-1.0, 1.0):
+                        a, b = sign * (0.5 * ln + 0.03), side * (0.5 * wd - 0.25)
+                        lights.append((x + fx * a - fy * b, y + fy * a + fx * b, zl, sign, depth))
+        arr = np.array(rows)
+        light = _night_light(scene)[arr[:, 9].astype(int)] if pal.night else np.ones(len(arr))
+        batch = (arr[:, 0:3], arr[:, 3:6], arr[:, 6], np.array(cols, dtype=np.float64), light,
+                 arr[:, 7], arr[:, 7], arr[:, 8])
+        if lights:
+            la = np.array(lights)
+            pc = transform(scene.cam_from_world, la[:, 0:3])
+            tail = la[:, 3] < 0
+            base = np.where(tail[:, None], _TAIL, _HEAD)
+            if pal.night:
+                self.lights(cmds, pc, 0.13, base, np.where(tail, 3.2, 4.5), la[:, 4], np.full(len(la), 9.0))
+            else:
+                cols = shade_array(pal, base * np.where(tail, 0.78, 0.95)[:, None], la[:, 4], 1.0)
+                self.lights(cmds, pc, 0.11, cols, 0.0, la[:, 4], np.full(len(la), 9.0))
+        return batch
+
+    # ------------------------------------------------------------ roadside
+    def roadside(self, cmds: list, scene: Scene, which: np.ndarray, seed: int,
+                 vehicle_boxes: tuple | None = None) -> None:
+        """Buildings (plus ``vehicle_boxes`` in the same pass), trees, poles and lamps."""
+        obj = scene.objects
+        depth = np.linalg.norm(scene.obj_centre_cam, axis=-1)
+        b = which[obj.kind[which] == BUILDING]
+        facade = FACADE_COLOURS[(obj.tint[b] * 61).astype(int) % len(FACADE_COLOURS)]
+        cols = np.concatenate([np.repeat(facade[:, None], 4, 1), 0.7 * facade[:, None]], axis=1)
+        batch = [scene.obj_centre_world[b], obj.size[b], scene.obj_yaw[b], cols.reshape(-1, 5, 3),
+                 np.ones(len(b)), depth[b], depth[b], np.zeros(len(b))]
+        if vehicle_boxes is not None:
+            batch = [np.concatenate([x, y]) for x, y in zip(batch, vehicle_boxes)]
+        if len(batch[0]):
+            drawn = self.boxes(cmds, scene.cam_from_world, *batch)
+            self._windows(cmds, scene, b, drawn[:len(b)], depth[b], seed)
+        self._trees(cmds, scene, which[obj.kind[which] == TREE], depth)
+        self._poles(cmds, scene, which[(obj.kind[which] == POLE) | (obj.kind[which] == LAMP)], depth)
+
+    def lines(self, cmds: list, a_cam: np.ndarray, b_cam: np.ndarray, width_m: float,
+              colours: list, depth: np.ndarray, seq: float) -> None:
+        """Segments [n] between camera points, as thick as ``width_m`` at their nearer end."""
+        ok = (a_cam[:, 2] >= self.near) & (b_cam[:, 2] >= self.near)
+        if not ok.any():
+            return
+        uv = fixed(project(self.K, np.stack([a_cam, b_cam], axis=1)[ok])).tolist()  # [m, 2, 2]
+        t = np.clip(np.round(self.K[0, 0] * width_m / np.minimum(a_cam[ok, 2], b_cam[ok, 2])), 1, 64)
+        for k, j in enumerate(np.flatnonzero(ok)):
+            cmds.append((depth[j], seq, LINE, (tuple(uv[k][0]), tuple(uv[k][1])), int(t[k]), colours[j]))
+
+    def _trees(self, cmds: list, scene: Scene, idx: np.ndarray, depth: np.ndarray) -> None:
+        if not len(idx):
+            return
+        obj = scene.objects
+        c_w, d = scene.obj_centre_world[idx], depth[idx]
+        h, r, tint = obj.size[idx, 2], 0.5 * obj.size[idx, 1], obj.tint[idx]
+        heights = np.stack([0 * h, 0.6 * h, h], -1)                                     # [n, 3]
+        pts = np.concatenate([np.repeat(c_w[:, None, :2], 3, 1), heights[..., None]], -1)
+        cam = transform(scene.cam_from_world, pts)                                      # ground, trunk top, top
+        trunk_col = [tuple(c) for c in shade_array(self.pal, np.array(self.pal.trunk)[None], d, 1.0).tolist()]
+        self.lines(cmds, cam[:, 0], cam[:, 1], 0.3, trunk_col, d, 0)
+        crown = scene.obj_centre_cam[idx]
+        ok = crown[:, 2] >= self.near + r
+        z = np.where(ok, crown[:, 2], 1.0)
+        uv = project(self.K, np.where(ok[:, None], crown, [0.0, 0.0, 1.0]))
+        top = project(self.K, np.where(ok[:, None], cam[:, 2], [0.0, 0.0, 1.0]))
+        rp = self.K[0, 0] * r / z
+        tri = fixed(np.stack([top, uv + np.stack([-rp, 1.6 * rp], -1), uv + np.stack([rp, 1.6 * rp], -1)], 1))
+        centres, radii = fixed(uv).tolist(), (np.maximum(rp, 0.6) * _ONE).astype(int).tolist()
+        crown_col = shade_array(self.pal, TREE_COLOURS[(tint * 97).astype(int) % len(TREE_COLOURS)], d, 1.0).tolist()
+        for k in np.flatnonzero(ok):
+            if tint[k] < 0.3:  # conifer: a tall triangle
+                cmds.append((d[k], 1, POLY, tri[k], tuple(crown_col[k]), None))
+            else:
+                cmds.append((d[k], 1, CIRCLE, tuple(centres[k]), radii[k], tuple(crown_col[k])))
+
+    def _poles(self, cmds: list, scene: Scene, idx: np.ndarray, depth: np.ndarray) -> None:
+        """Utility poles (with a cross bar) and street lights (arm over the road, lamp head)."""
+        if not len(idx):
+            return
+        obj, pal = scene.objects, self.pal
+        c_w, h, yaw, d = scene.obj_centre_world[idx], obj.size[idx, 2], scene.obj_yaw[idx], depth[idx]
+        across = np.stack([-np.sin(yaw), np.cos(yaw), 0 * yaw], -1)
+        ground = np.stack([c_w[:, 0], c_w[:, 1], 0 * h], -1)
+        top = ground + np.stack([0 * h, 0 * h, h], -1)
+        lamp = obj.kind[idx] == LAMP
+        head = top - (np.sign(obj.d[idx])[:, None] * across * 2.2)
+        down = np.array([0.0, 0.0, 0.6])
+        a = np.where(lamp[:, None], top, top - 0.9 * across - down)  # arm or cross bar
+        b = np.where(lamp[:, None], head, top + 0.9 * across - down)
+        cam = transform(scene.cam_from_world, np.stack([ground, top, a, b, head - 0.25 * down], 1))
+        colours = [tuple(c) for c in shade_array(pal, np.array(pal.pole)[None], d, 1.0).tolist()]
+        self.lines(cmds, cam[:, 0], cam[:, 1], 0.22, colours, d, 0)
+        self.lines(cmds, cam[:, 2], cam[:, 3], 0.13, colours, d, 1)
+        if lamp.any():
+            if pal.night:
+                glow = np.repeat(_LAMP[None], lamp.sum(), 0)
+            else:
+                glow = shade_array(pal, np.array([[200.0, 200, 190]]), d[lamp], 1.0).astype(np.float64)
+            self.lights(cmds, cam[lamp, 4], 0.3 if pal.night else 0.22, glow, 3.0 if pal.night else 0.0,
+                        d[lamp], np.full(lamp.sum(), 2.0))
+
+    def _windows(self, cmds: list, scene: Scene, b: np.ndarray, drawn: np.ndarray, depth: np.ndarray,
+                 seed: int) -> None:
+        """Windows on the visible facades of buildings ``b``: a 3 m grid placed bilinearly on
+        each projected facade (all faces at once), one fill command per facade."""
+        obj = scene.objects
+        near_b = depth < 70.0
+        faces = np.argwhere(drawn[:, :4] & near_b[:, None])  # [F, 2] (building row, face)
+        if not len(faces):
+            return
+        rows, f = faces[:, 0], faces[:, 1]
+        j = b[rows]
+        corners = transform(scene.cam_from_world, box_corners(
+            scene.obj_centre_world[j], obj.size[j], scene.obj_yaw[j]))
+        quad = corners[np.arange(len(j))[:, None], BOX_FACES[f]]              # [F, 4, 3]
+        ok = (quad[..., 2] >= self.near).all(axis=1)
+        q = project(self.K, np.where(ok[:, None, None], quad, [0.0, 0.0, 1.0]))  # [F, 4, 2]
+        ok &= (np.ptp(q[..., 0], axis=1) >= 12) & (np.ptp(q[..., 1], axis=1) >= 10)
+        if not ok.any():
+            return
+        span = np.where(f < 2, obj.size[j, 1], obj.size[j, 0])  # front/back faces span the width
+        nx = np.clip((span / 3.2).astype(int), 1, _MAX_COLS)
+        ny = np.clip((obj.size[j, 2] / 3.2).astype(int), 1, _MAX_FLOORS)
+        polys = _window_grid(q, nx, ny)                          # [F, floors, cols, 4, 2]
+        mask = (np.arange(_MAX_FLOORS)[None, :, None] < ny[:, None, None]) & (
+            np.arange(_MAX_COLS)[None, None, :] < nx[:, None, None])
+        if self.pal.night:  # a stable pseudo-random third of the windows is lit (hash of place)
+            key = (obj.s[j] * 12.9898 + obj.d[j] * 78.233 + f * 37.719 + seed * 0.618)[:, None, None]
+            key = key + np.arange(_MAX_FLOORS)[:, None] * 4.581 + np.arange(_MAX_COLS) * 9.173
+            lit = np.modf(np.abs(np.sin(key)) * 43758.5453)[0] < 0.35
+        day_col = tuple(shade_array(self.pal, np.array(self.pal.glass)[None], depth[rows], 1.3).tolist())
+        for k in np.flatnonzero(ok):
+            if self.pal.night:
+                for sel, colour in ((mask[k] & ~lit[k], (14, 15, 20)), (mask[k] & lit[k], (250, 204, 120))):
+                    if sel.any():
+                        cmds.append((depth[rows[k]], 0.5, POLYS, list(polys[k][sel]), colour, None))
+            else:
+                cmds.append((depth[rows[k]], 0.5, POLYS, list(polys[k][mask[k]]), tuple(day_col[k]), None))
+
+
+_MAX_COLS, _MAX_FLOORS = 5, 9
+
+
+def _window_grid(q: np.ndarray, nx: np.ndarray, ny: np.ndarray) -> np.ndarray:
+    """Fixed-point window quads [F, floors, cols, 4, 2] on projected facades q [F, 4, 2]."""
+    a, b, c, d = (q[:, None, None, None, k] for k in range(4))             # [F, 1, 1, 1, 2]
+    col = np.arange(_MAX_COLS)[None, :, None] + np.array([0.28, 0.72, 0.72, 0.28])  # [1, cols, 4]
+    row = np.arange(_MAX_FLOORS)[None, :, None] + np.array([0.3, 0.3, 0.75, 0.75])  # [1, floors, 4]
+    sx = (col / nx[:, None, None])[:, None, :, :, None]                     # [F, 1, cols, 4, 1]
+    sy = (row / ny[:, None, None])[:, :, None, :, None]                     # [F, floors, 1, 4, 1]
+    bottom = a + sx * (b - a)
+    top = d + sx * (c - d)
+    return fixed(bottom + sy * (top - bottom))
+
+
+def _parts(cls: int, tint: int, ln: float, wd: float, ht: float, along: float, pal: Palette) -> list:
+    """Boxes of one vehicle: (offset along heading, z bottom, z top, length, width, 5 colours)."""
+    glass = pal.glass
+    if cls == CLASS_IDS["pedestrian"]:  # legs, torso, head
+        shirt = _VEHICLE[tint % len(_VEHICLE)]
+        legs, skin = _TROUSERS[tint % len(_TROUSERS)], _SKIN[(tint // 5) % len(_SKIN)]
+        return [(0.0, 0.0, 0.48 * ht, 0.3, 0.36, [legs] * 5),
+                (0.0, 0.48 * ht, 0.84 * ht, ln, wd, [shirt] * 5),
+                (0.0, 0.85 * ht, ht, 0.22, 0.2, [skin] * 5)]
+    gear = (0.0, 0.05, 0.42, 0.84 * ln, 0.96 * wd, [pal.tyre] * 5)
+    if cls == CLASS_IDS["car"]:
+        body = _VEHICLE[tint % len(_VEHICLE)]
+        return [gear, (0.0, 0.3, 0.6 * ht, ln, wd, [body] * 5),
+                (-0.06 * ln, 0.6 * ht, ht, 0.5 * ln, 0.84 * wd, [glass] * 4 + [body])]
+    if cls == CLASS_IDS["truck"]:
+        cab = _VEHICLE[tint % len(_VEHICLE)]
+        cargo = _CARGO[(tint // 7) % len(_CARGO)]
+        front = [(0.5 * ln - 1.15, 0.35, 0.5 * ht, 2.3, wd, [cab] * 5),
+                 (0.5 * ln - 1.15, 0.5 * ht, 0.78 * ht, 2.32, wd * 0.98, [glass] * 4 + [cab])]
+        box = [(-1.25, 0.4, ht, ln - 2.5, wd, [cargo] * 5)]
+        # painter's order inside the truck: the part nearer the camera last
+        return [gear] + (front + box if along < 0 else box + front)
+    body = _BUS[tint % len(_BUS)]
+    return [gear, (0.0, 0.3, ht, ln, wd, [body] * 5),
+            (0.0, 0.5 * ht, 0.82 * ht, ln + 0.04, wd + 0.04, [glass] * 4 + [body])]
+
+
+def _night_light(scene: Scene) -> np.ndarray:
+    """Ego low beams light vehicles ahead: brighter when near and near the image centre [N]."""
+    c = transform(scene.cam_from_world, scene.boxes3d[:, :3])
+    z = np.maximum(c[:, 2], 1e-3)
+    off = np.abs(c[:, 0]) / (0.32 * z + 1.3)
+    return np.where(c[:, 2] > 0, 1.0 + 2.5 * np.exp(-off * off) * np.exp(-z / 30.0), 1.0)

@@ -1,0 +1,66 @@
+"""The denoising loss (DDPM "simple" loss on the chosen target, Video LDM eq. 1 / v-loss).
+
+One noise level t per *clip*: every frame of a clip shares t, so the temporal layers learn to
+denoise a coherent clip (a known peer bug draws t per frame). Frames can be left out of the
+loss (``loss_mask``), e.g. the clean context frames of the prediction model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from drivesim.diffusion.parameterization import Network, check_prediction, training_target
+from drivesim.diffusion.schedule import DiscreteVPSchedule
+
+
+@dataclass
+class NoisedClip:
+    x_t: torch.Tensor    # [B, T, C, h, w]
+    t: torch.Tensor      # [B] int64, one level per clip
+    noise: torch.Tensor  # [B, T, C, h, w]
+
+
+def noise_clip(x0: torch.Tensor, schedule: DiscreteVPSchedule,
+               generator: torch.Generator | None = None) -> NoisedClip:
+    """Draw t ~ U{0..N-1} per clip and eps ~ N(0, I); return x_t = a_t x0 + s_t eps.
+
+    Random numbers come from ``generator`` (on its own device) and are moved to x0's device.
+    """
+    if x0.ndim != 5:
+        raise ValueError(f"x0: expected [B, T, C, h, w], got shape {tuple(x0.shape)}")
+    gen_device = generator.device if generator is not None else x0.device
+    t = torch.randint(0, schedule.num_steps, (x0.shape[0],), generator=generator,
+                      device=gen_device).to(x0.device)
+    noise = torch.randn(x0.shape, generator=generator, device=gen_device,
+                        dtype=torch.float32).to(x0.device, x0.dtype)
+    return NoisedClip(schedule.q_sample(x0, t, noise), t, noise)
+
+
+def masked_mse(pred: torch.Tensor, target: torch.Tensor,
+               loss_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean squared error over [B, T, C, h, w], in float32, over frames with loss_mask [B, T] = 1."""
+    err = (pred.float() - target.float()) ** 2
+    if loss_mask is None:
+        return err.mean()
+    if loss_mask.shape != pred.shape[:2]:
+        raise ValueError(f"loss_mask: expected shape {tuple(pred.shape[:2])}, got {tuple(loss_mask.shape)}")
+    weight = loss_mask.to(err.dtype)[:, :, None, None, None].expand_as(err)
+    total = weight.sum()
+    if total == 0:
+        raise ValueError("loss_mask excludes every frame of the batch")
+    return (err * weight).sum() / total
+
+
+def diffusion_loss(network: Network, x0: torch.Tensor, cond: Any, schedule: DiscreteVPSchedule,
+                   generator: torch.Generator | None = None, prediction: str = "v",
+                   loss_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """|| net(x_t, t, cond) - target ||^2 with one t per clip; target = v or eps."""
+    check_prediction(prediction)
+    noised = noise_clip(x0, schedule, generator)
+    a, s = schedule.coefficients(noised.t, x0)
+    target = training_target(x0, noised.noise, a, s, prediction)
+    out = network(noised.x_t, noised.t, cond)
+    return masked_mse(out, target, loss_mask)

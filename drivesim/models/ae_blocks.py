@@ -1,0 +1,183 @@
+"""Building blocks of the KL autoencoder (LDM, Rombach et al. 2022, `ldm/modules/diffusionmodules/model.py`)
+and of its temporal decoder (Video LDM, Blattmann et al. 2023, Sec. 3.1.1 / Fig. 3).
+
+All 2D blocks work on frames folded into the batch: ``[(B T), C, H, W]``. The temporal
+block unfolds time itself and returns the same layout, so it can follow any 2D block.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    """GroupNorm with up to 32 groups (LDM uses 32); fewer when the width is small."""
+    return nn.GroupNorm(math.gcd(32, channels), channels, eps=1e-6, affine=True)
+
+
+def silu(x: torch.Tensor) -> torch.Tensor:
+    """SiLU, in place when no graph is recorded (inference): one activation-sized buffer less
+    per block. Only ever applied to a fresh normalisation output, never to a caller's tensor."""
+    return F.silu(x, inplace=not torch.is_grad_enabled())
+
+
+class ResnetBlock(nn.Module):
+    """GroupNorm -> SiLU -> conv3x3, twice, plus a (1x1-projected) skip: ``[N, Cin, H, W] -> [N, Cout, H, W]``."""
+
+    def __init__(self, in_channels: int, out_channels: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.norm1 = group_norm(in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.norm2 = group_norm(out_channels)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(silu(self.norm1(x)))
+        h = self.conv2(self.dropout(silu(self.norm2(h))))
+        return self.skip(x) + h
+
+
+class AttnBlock(nn.Module):
+    """Single-head spatial self-attention over the ``H*W`` positions of each frame (LDM mid block)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.norm = group_norm(channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj_out = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        q, k, v = self.qkv(self.norm(x)).chunk(3, dim=1)
+        # [N, C, H, W] -> [N, 1 head, H*W, C]
+        q, k, v = (rearrange(t, "n c h w -> n 1 (h w) c") for t in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v)
+        out = rearrange(out, "n 1 (h w) c -> n c h w", h=h, w=w)
+        return x + self.proj_out(out)
+
+
+class Downsample(nn.Module):
+    """Stride-2 conv with LDM's asymmetric (0, 1, 0, 1) padding: ``[N, C, H, W] -> [N, C, H/2, W/2]``."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.pad(x, (0, 1, 0, 1)))
+
+
+class Upsample(nn.Module):
+    """Nearest x2 then conv3x3: ``[N, C, H, W] -> [N, C, 2H, 2W]``."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+def conv3d_frames(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` for ``x [B, C, T, H, W]`` (stride 1, 'same' padding), computed on CPU by 2D convs.
+
+    Why: PyTorch's CPU Conv3d falls back to an im2col path whose buffer is ``k_t*k_h*k_w`` times
+    the input (113 MiB for 32 ch x 4 x 64 x 128) and is ~3x slower than the 2D kernels. Here
+    ``y[t] = bias + sum_k W[:, :, k] * x[t + k - k_t // 2]`` with one 2D conv per temporal tap
+    over frames folded into the batch, ``[(B T), C, H, W]``; zero frames pad the time axis
+    exactly like Conv3d's zero padding. Other devices use Conv3d (cuDNN).
+    """
+    if x.device.type != "cpu":
+        return conv(x)
+    kt = conv.kernel_size[0]
+    t, r = x.shape[2], kt // 2
+    padded = F.pad(x, (0, 0, 0, 0, r, r))                                # [B, C, T + 2r, H, W]
+    y = None
+    for k in range(kt):
+        frames = rearrange(padded[:, :, k:k + t], "b c t h w -> (b t) c h w")
+        tap = F.conv2d(frames, conv.weight[:, :, k], conv.bias if k == 0 else None, padding=conv.padding[1:])
+        y = tap if y is None else y.add_(tap)
+    return rearrange(y, "(b t) c h w -> b c t h w", t=t)
+
+
+class FrameGroupNorm(nn.Module):
+    """GroupNorm applied per frame to ``[B, C, T, H, W]``.
+
+    Why per frame: statistics pooled over time would make every output frame depend on the
+    whole clip, so the decoder's temporal receptive field would be infinite and chunked
+    decoding could never equal whole-clip decoding. Per-frame statistics keep the field finite.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.norm = group_norm(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = x.shape[2]
+        y = self.norm(rearrange(x, "b c t h w -> (b t) c h w"))
+        return rearrange(y, "(b t) c h w -> b c t h w", t=t)
+
+
+class TemporalConvBlock(nn.Module):
+    """Residual 3D-conv block, Video LDM temporal decoder (kernel (3, 3, 3) by default).
+
+    ``[B, C, T, H, W] -> [B, C, T, H, W]``; the last conv is zero-initialised so the block is
+    the identity at init. Each conv sees ``kernel_t // 2`` frames either side, so the block's
+    temporal receptive radius is ``2 * (kernel_t // 2)`` frames. ``kernel_s = 1`` gives the
+    cheaper time-only ``(3, 1, 1)`` convs of Stable Video Diffusion's decoder.
+    """
+
+    def __init__(self, channels: int, kernel_t: int = 3, dropout: float = 0.0, kernel_s: int = 3) -> None:
+        super().__init__()
+        for name, k in (("temporal_kernel", kernel_t), ("temporal_spatial_kernel", kernel_s)):
+            if k < 1 or k % 2 == 0:
+                raise ValueError(f"{name}: must be an odd positive int, got {k!r}")
+        kernel, pad = (kernel_t, kernel_s, kernel_s), (kernel_t // 2, kernel_s // 2, kernel_s // 2)
+        self.norm1 = FrameGroupNorm(channels)
+        self.conv1 = nn.Conv3d(channels, channels, kernel, padding=pad)
+        self.norm2 = FrameGroupNorm(channels)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv3d(channels, channels, kernel, padding=pad)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+        self.receptive_radius = 2 * (kernel_t // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = conv3d_frames(self.conv1, silu(self.norm1(x)))
+        h = conv3d_frames(self.conv2, self.dropout(silu(self.norm2(h))))
+        return x + h
+
+
+class TemporalMix(nn.Module):
+    """``out = alpha * spatial + (1 - alpha) * temporal``, alpha = sigmoid(mix_logit) (Video LDM Eq. 2 style).
+
+    Takes and returns frames folded into the batch, ``[(B T), C, H, W]``; unfolds to
+    ``[B, C, T, H, W]`` for the 3D convs. ``image_only`` forces alpha = 1 (the image decoder).
+    """
+
+    def __init__(self, channels: int, kernel_t: int = 3, dropout: float = 0.0, alpha_init: float = 0.5,
+                 kernel_s: int = 3) -> None:
+        super().__init__()
+        self.block = TemporalConvBlock(channels, kernel_t, dropout, kernel_s)
+        self.mix_logit = nn.Parameter(torch.tensor(math.log(alpha_init / (1.0 - alpha_init))))
+        self.receptive_radius = self.block.receptive_radius
+
+    def alpha(self) -> torch.Tensor:
+        return torch.sigmoid(self.mix_logit)
+
+    def forward(self, h: torch.Tensor, num_frames: int, image_only: bool = False) -> torch.Tensor:
+        if image_only:
+            return h
+        if h.shape[0] % num_frames:
+            raise ValueError(f"num_frames: batch {h.shape[0]} is not a multiple of {num_frames}")
+        x = rearrange(h, "(b t) c h w -> b c t h w", t=num_frames)
+        temporal = rearrange(self.block(x), "b c t h w -> (b t) c h w")
+        alpha = self.alpha()
+        return alpha * h + (1.0 - alpha) * temporal

@@ -1,0 +1,87 @@
+"""Context frames for the prediction / interpolation models (Video LDM sec. 3.1.1).
+
+The first S frames (prediction) or the key frames (interpolation) are given as clean
+latents z with a temporal mask m; the condition is c_S = (m * z, m), [B, T, C+1, h, w].
+A learned downsampling maps c_S to the resolution of every temporal 3D-conv block, where
+it is concatenated to the block input (see `TemporalConvBlock`). S = 0 (all-zero mask) is
+the unconditional branch used for context guidance.
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+from drivesim.models.conditioning import Conditioning
+
+
+def build_context_input(cond: Conditioning | None, latents: Tensor) -> Tensor:
+    """c_S = concat(m * z, m) aligned with ``latents`` [B, T, C, h, w] -> [B, T, C+1, h, w].
+
+    ``cond.context`` may hold fewer frames than T (the first T' frames; the rest get m = 0);
+    no context (None) is S = 0.
+    """
+    b, t, c, h, w = latents.shape
+    out = latents.new_zeros(b, t, c + 1, h, w)
+    if cond is None or cond.context is None:
+        return out
+    ctx, mask = cond.context, cond.context_mask
+    if ctx.shape[0] != b:
+        raise ValueError(f"Conditioning.context: batch {ctx.shape[0]} != latents batch {b}")
+    if ctx.shape[1] > t:
+        raise ValueError(f"Conditioning.context: {ctx.shape[1]} context frames exceed the "
+                         f"T={t} frames being denoised")
+    if tuple(ctx.shape[2:]) != (c, h, w):
+        raise ValueError(f"Conditioning.context: frame shape {tuple(ctx.shape[2:])} does not "
+                         f"match the latents' (C, h, w) = {(c, h, w)}")
+    m = mask.to(device=latents.device, dtype=latents.dtype)[:, :, None, None, None]  # [B,T',1,1,1]
+    out = out.clone()
+    out[:, : ctx.shape[1], :c] = m * ctx.to(device=latents.device, dtype=latents.dtype)
+    out[:, : ctx.shape[1], c:] = m.expand(-1, -1, 1, h, w)
+    return out
+
+
+class ContextEncoder(nn.Module):
+    """Learned downsampling of c_S: a conv stem, then one stride-2 conv per UNet level.
+
+    forward(c_S [B, T, C+1, h, w]) -> {(h_l, w_l): [(B T), channels, h_l, w_l]} for
+    l = 0..num_levels-1 with h_l = h / 2^l (the resolutions of the UNet levels).
+    """
+
+    def __init__(self, latent_channels: int, channels: int = 32, num_levels: int = 4) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(latent_channels + 1, channels, 3, padding=1)
+        self.levels = nn.ModuleList(
+            nn.Sequential(nn.SiLU(), nn.Conv2d(channels, channels, 3, stride=1 if i == 0 else 2,
+                                               padding=1))
+            for i in range(num_levels))
+
+    def forward(self, c_s: Tensor) -> dict[tuple[int, int], Tensor]:
+        x = self.stem(rearrange(c_s, "b t c h w -> (b t) c h w"))
+        feats: dict[tuple[int, int], Tensor] = {}
+        for level in self.levels:
+            x = level(x)
+            feats[(int(x.shape[-2]), int(x.shape[-1]))] = x
+        return feats
+
+
+def prediction_mask(batch: int, frames: int, num_context: Tensor | int,
+                    device: torch.device | str = "cpu") -> Tensor:
+    """Mask [B, T] with ones on the first S frames (S per sample [B] or one int)."""
+    s = torch.as_tensor(num_context, device=device).expand(batch)
+    if bool((s > frames).any()) or bool((s < 0).any()):
+        raise ValueError(f"context count must be in [0, {frames}], got {s.tolist()}")
+    return (torch.arange(frames, device=device)[None] < s[:, None]).float()
+
+
+def interpolation_mask(batch: int, frames: int, key_frames: tuple[int, ...] | None = None,
+                       device: torch.device | str = "cpu") -> Tensor:
+    """Mask [B, T] with ones on the key frames (default: first and last, e.g. 0 and 4 of 5)."""
+    keys = (0, frames - 1) if key_frames is None else key_frames
+    bad = [k for k in keys if not 0 <= k < frames]
+    if bad:
+        raise ValueError(f"key frames {bad} outside [0, {frames})")
+    mask = torch.zeros(batch, frames, device=device)
+    mask[:, list(keys)] = 1.0
+    return mask

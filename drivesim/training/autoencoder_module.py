@@ -1,0 +1,281 @@
+"""Lightning glue for the autoencoder stages (DESIGN stage 1 and 1b).
+
+- ``stage="image"``: the per-frame KL autoencoder with a 2D PatchGAN (LDM recipe).
+- ``stage="temporal"``: initialised from an image-stage model file (``init_from``), the
+  encoder is frozen, the decoder gains 3D-conv temporal blocks, and only the 3D video
+  discriminator judges T-frame clips (Video LDM Sec. 3.1.1).
+
+Loss per frame (LDM ``LPIPSWithDiscriminator``, without the learned log-variance):
+``L = sum|x - x_hat| (+ w_p LPIPS) + w_kl KL + lambda_adv * disc_weight * (-E[D(x_hat)])``, with
+``lambda_adv = ||grad_last L_rec|| / (||grad_last L_gan|| + 1e-4)`` at the last decoder layer and the
+GAN terms switched on from ``disc_start`` training steps. Two optimizers, manual optimisation
+(so ``trainer.max_steps`` counts optimizer steps: 1 per batch before ``disc_start``, 2 after).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from einops import rearrange
+from lightning.pytorch import LightningModule
+from lightning.pytorch.loggers import TensorBoardLogger
+from torchmetrics import MeanMetric
+from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
+
+from drivesim.models.autoencoder import (
+    MODEL_KIND,
+    AutoencoderKL,
+    DiagonalGaussian,
+    estimate_scale_factor,
+)
+from drivesim.models.discriminators import PatchDiscriminator2d, VideoDiscriminator3d, hinge_d_loss
+from drivesim.models.lpips import load_lpips
+from drivesim.training.checkpoints import (
+    attach_model_to_checkpoint,
+    load_model_file,
+    save_model_file,
+)
+from drivesim.utils.io import DriveSimInputError
+
+STAGES = ("image", "temporal")
+_SHAPE_KEYS = ("base_channels", "ch_mult", "num_res_blocks", "latent_channels", "in_channels")
+
+
+def flicker(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Temporal flicker: mean |(x_hat[t+1] - x_hat[t]) - (x[t+1] - x[t])| over ``[B, T, 3, H, W]`` (T >= 2),
+    in the units of the inputs; it is zero when the errors are constant in time."""
+    if recon.shape[1] < 2:
+        raise ValueError(f"flicker needs T >= 2 frames, got shape {tuple(recon.shape)}")
+    return ((recon[:, 1:] - recon[:, :-1]) - (target[:, 1:] - target[:, :-1])).abs().mean()
+
+
+def adaptive_weight(rec_loss: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.Tensor) -> torch.Tensor:
+    """LDM adaptive GAN weight ||grad rec|| / (||grad gan|| + 1e-4) at ``last_layer``, clamped to [0, 1e4]."""
+    rec_grad = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0]
+    g_grad = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
+    return (rec_grad.norm() / (g_grad.norm() + 1e-4)).clamp(0.0, 1e4).detach()
+
+
+class AutoencoderModule(LightningModule):
+    """Trains :class:`AutoencoderKL`; the constructor arguments are the YAML config."""
+
+    def __init__(self, stage: str = "image", base_channels: int = 128, ch_mult: Sequence[int] = (1, 2, 2, 4),
+                 num_res_blocks: int = 2, latent_channels: int = 4, temporal_kernel: int = 3,
+                 temporal_spatial_kernel: int = 3,
+                 dropout: float = 0.0, learning_rate: float = 4.5e-6, disc_learning_rate: float | None = None,
+                 kl_weight: float = 1e-6, lpips_path: str | None = None, lpips_weight: float = 1.0,
+                 disc_weight: float = 0.5, disc_start: int = 50001, disc_channels: int = 64, disc_layers: int = 3,
+                 init_from: str | None = None, freeze_spatial_decoder: bool = False, scale_batches: int = 4,
+                 model_file: str | None = None, overwrite: bool = False, seed: int = 0) -> None:
+        super().__init__()
+        if stage not in STAGES:
+            raise DriveSimInputError(f"stage must be one of {STAGES}", field="stage", value=stage)
+        if stage == "temporal" and not init_from:
+            raise DriveSimInputError("the temporal stage starts from an image-stage model file; set init_from",
+                                     field="init_from", value=init_from)
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        self.autoencoder = AutoencoderKL(base_channels, ch_mult, num_res_blocks, latent_channels, dropout=dropout,
+                                         temporal_decoder=stage == "temporal", temporal_kernel=temporal_kernel,
+                                         temporal_spatial_kernel=temporal_spatial_kernel)
+        if init_from:
+            self._init_from(Path(init_from))
+        disc_cls = VideoDiscriminator3d if stage == "temporal" else PatchDiscriminator2d
+        self.discriminator = disc_cls(3, disc_channels, disc_layers)
+        self._lpips = [load_lpips(lpips_path)] if lpips_path else []  # a list: kept out of the state dict
+        self._frozen = self._freeze()
+        self.register_buffer("train_steps", torch.zeros((), dtype=torch.long))
+        self.register_buffer("latent_var_ema", torch.tensor(math.nan))
+        self.val_psnr = PeakSignalNoiseRatio(data_range=1.0, dim=(1, 2, 3))
+        self.val_ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
+        self.val_flicker = MeanMetric()
+        self._generator: torch.Generator | None = None
+
+    # ----------------------------------------------------------------- setup
+    def _init_from(self, path: Path) -> None:
+        """Load image- (or temporal-) stage weights; the spatial architecture must match exactly."""
+        hparams, state = load_model_file(path, MODEL_KIND)
+        ours = self.autoencoder.hparams
+        for key in _SHAPE_KEYS:
+            if key in hparams and hparams[key] != ours[key]:
+                raise DriveSimInputError(f"init_from has {key}={hparams[key]!r} but this config has {ours[key]!r}",
+                                         path=path, field=key, value=hparams[key])
+        try:
+            missing, unexpected = self.autoencoder.load_state_dict(state, strict=False)
+        except RuntimeError as err:  # tensor shapes disagree
+            raise DriveSimInputError(f"weights do not fit: {str(err)[:300]}", path=path, field="state_dict") from err
+        temporal_names = {n for n, _ in self.autoencoder.named_parameters() if "temporal" in n}
+        bad_missing = [k for k in missing if k not in temporal_names]
+        if bad_missing or unexpected:
+            raise DriveSimInputError(f"weights do not fit: missing {bad_missing[:4]}, unexpected {unexpected[:4]}",
+                                     path=path, field="state_dict")
+
+    def _freeze(self) -> list[torch.nn.Module]:
+        """Temporal stage: freeze encoder (+ spatial decoder layers when asked); returns frozen modules."""
+        if self.hparams.stage != "temporal":
+            return []
+        ae = self.autoencoder
+        frozen: list[torch.nn.Module] = [ae.encoder, ae.quant_conv]
+        for module in frozen:
+            module.requires_grad_(False)
+        if self.hparams.freeze_spatial_decoder:
+            ae.post_quant_conv.requires_grad_(False)
+            ae.decoder.requires_grad_(False)
+            for mix in ae.decoder.temporal_mixes():
+                mix.requires_grad_(True)
+        return frozen
+
+    def _adaptive_layer(self) -> torch.Tensor:
+        last = self.autoencoder.decoder_last_layer()
+        if last.requires_grad:
+            return last
+        return self.autoencoder.decoder.temporal_mixes()[-1].block.conv2.weight  # last trainable layer
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        params = [p for p in self.autoencoder.parameters() if p.requires_grad]
+        opt_ae = torch.optim.Adam(params, lr=hp.learning_rate, betas=(0.5, 0.9))
+        opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=hp.disc_learning_rate or hp.learning_rate,
+                                 betas=(0.5, 0.9))
+        return [opt_ae, opt_d]
+
+    def on_fit_start(self) -> None:
+        path = self._model_file_path()
+        if path.exists() and not self.hparams.overwrite:
+            raise FileExistsError(f"{path} exists; set model.init_args.overwrite=true to replace it")
+
+    def on_train_epoch_start(self) -> None:
+        for module in self._frozen:
+            module.eval()
+
+    def _rng(self, device: torch.device) -> torch.Generator:
+        if self._generator is None or self._generator.device != device:
+            self._generator = torch.Generator(device=device).manual_seed(self.hparams.seed + self.global_rank)
+        return self._generator
+
+    # ----------------------------------------------------------------- losses
+    def _posterior(self, x: torch.Tensor) -> DiagonalGaussian:
+        if self.hparams.stage == "temporal":
+            with torch.no_grad():
+                return self.autoencoder.encode(x)
+        return self.autoencoder.encode(x)
+
+    def _rec_loss(self, x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
+        """Per-frame sum of |x - x_hat| (+ w_p * LPIPS per pixel), averaged over frames (LDM)."""
+        frames = x.shape[0] * x.shape[1]
+        rec = (x - recon).abs().sum() / frames
+        if self._lpips:
+            lpips = self._lpips[0].to(x.device)
+            rec = rec + self.hparams.lpips_weight * lpips(x, recon).sum() * x[0, 0].numel() / frames
+        return rec
+
+    def _generator_losses(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        hp = self.hparams
+        posterior = self._posterior(x)
+        z = posterior.sample(self._rng(x.device))
+        recon = self.autoencoder.decode(z)
+        rec = self._rec_loss(x, recon)
+        kl = posterior.kl().mean()
+        loss = rec + hp.kl_weight * kl
+        logs = {"rec_loss": rec.detach(), "kl": kl.detach(), "l1": (x - recon).abs().mean().detach()}
+        if int(self.train_steps) >= hp.disc_start:
+            g_loss = -self.discriminator(recon).mean()
+            weight = adaptive_weight(rec, g_loss, self._adaptive_layer()) * hp.disc_weight
+            loss = loss + weight * g_loss
+            logs.update(g_loss=g_loss.detach(), d_weight=weight)
+        self._track_latent_variance(z.detach())
+        return loss, recon, logs
+
+    def _track_latent_variance(self, z: torch.Tensor) -> None:
+        """Running (EMA) latent variance so that every Lightning checkpoint carries a usable scale
+        factor; fit end replaces it by a fresh estimate. The temporal stage keeps the inherited one."""
+        if self.hparams.stage == "temporal" and self.autoencoder.has_scale_factor():
+            return
+        var = z.double().var().float()
+        ema = self.latent_var_ema
+        self.latent_var_ema.copy_(var if torch.isnan(ema) else 0.99 * ema + 0.01 * var)
+        self.autoencoder.set_scale_factor(float(self.latent_var_ema.clamp_min(1e-12).rsqrt()))
+
+    # ----------------------------------------------------------------- steps
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        x = batch["video"]
+        opt_ae, opt_d = self.optimizers()
+        loss, recon, logs = self._generator_losses(x)
+        opt_ae.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        opt_ae.step()
+        if int(self.train_steps) >= self.hparams.disc_start:
+            d_loss = hinge_d_loss(self.discriminator(x), self.discriminator(recon.detach()))
+            opt_d.zero_grad(set_to_none=True)
+            self.manual_backward(d_loss)
+            opt_d.step()
+            logs["d_loss"] = d_loss.detach()
+        self.train_steps += 1
+        self.log_dict({f"train/{k}": v for k, v in logs.items()}, prog_bar=False, batch_size=x.shape[0])
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=x.shape[0])
+        return loss.detach()
+
+    def _common_step(self, batch: dict, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
+        x = batch["video"]
+        recon = self.autoencoder.decode(self.autoencoder.encode(x).mode()).clamp(-1.0, 1.0)
+        frames = rearrange((recon + 1) / 2, "b t c h w -> (b t) c h w")
+        target = rearrange((x + 1) / 2, "b t c h w -> (b t) c h w")
+        self.val_psnr.update(frames, target)
+        self.val_ssim.update(frames, target)
+        metrics = {"psnr": self.val_psnr, "ssim": self.val_ssim}
+        if x.shape[1] > 1:
+            self.val_flicker.update(flicker((recon + 1) / 2, (x + 1) / 2))
+            metrics["flicker"] = self.val_flicker
+        l1 = (x - recon).abs().mean()
+        self.log_dict({f"{stage}/{k}": v for k, v in metrics.items()}, batch_size=x.shape[0])
+        self.log(f"{stage}/l1", l1, batch_size=x.shape[0])
+        return x, recon
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        x, recon = self._common_step(batch, "val")
+        if batch_idx == 0:
+            self._log_media(x, recon)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._common_step(batch, "test")
+
+    # ----------------------------------------------------------------- logging / export
+    def _log_media(self, x: torch.Tensor, recon: torch.Tensor) -> None:
+        """TensorBoard: a grid (target row over reconstruction row) and, for clips, a video."""
+        if not isinstance(self.logger, TensorBoardLogger):
+            return
+        n = min(8, x.shape[1]) if x.shape[1] > 1 else min(8, x.shape[0])
+        pick = (lambda v: v[0, :n]) if x.shape[1] > 1 else (lambda v: v[:n, 0])  # [n, 3, H, W]
+        grid = torch.cat([pick(x), pick(recon)], dim=2)  # [n, 3, 2H, W]: target above reconstruction
+        grid = rearrange((grid.detach().float().cpu() + 1) / 2, "n c h w -> c h (n w)").clamp(0, 1)
+        self.logger.experiment.add_image("val/reconstruction", grid, self.global_step)
+        if x.shape[1] > 1 and importlib.util.find_spec("moviepy") is not None:
+            video = torch.cat([x[:1], recon[:1]], dim=3).detach().float().cpu()  # [1, T, 3, 2H, W]
+            self.logger.experiment.add_video("val/video", (video + 1) / 2, self.global_step, fps=4)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        attach_model_to_checkpoint(checkpoint, MODEL_KIND, self.autoencoder.hparams, "autoencoder.")
+
+    def _model_file_path(self) -> Path:
+        if self.hparams.model_file:
+            return Path(self.hparams.model_file)
+        root = self.trainer.log_dir or self.trainer.default_root_dir
+        return Path(root) / "autoencoder.safetensors"
+
+    def on_fit_end(self) -> None:
+        """Re-estimate the scale factor on ``scale_batches`` training batches (image stage; the temporal
+        stage keeps the frozen encoder's inherited value) and write the model file."""
+        ae = self.autoencoder
+        if self.hparams.stage == "image" or not ae.has_scale_factor():
+            gen = torch.Generator(device=self.device).manual_seed(self.hparams.seed)
+            batches = (b["video"].to(self.device) for b in self.trainer.train_dataloader)
+            ae.eval()
+            ae.set_scale_factor(estimate_scale_factor(ae, batches, gen, self.hparams.scale_batches))
+        if self.trainer.is_global_zero:
+            path = save_model_file(self._model_file_path(), MODEL_KIND, ae.hparams, ae.state_dict(),
+                                   overwrite=self.hparams.overwrite)
+            print(f"autoencoder model file: {path} (scale_factor={float(ae.scale_factor):.4f})")

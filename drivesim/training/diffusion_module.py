@@ -1,0 +1,435 @@
+"""`LatentDiffusionModule`: image, video (prediction) and interpolation LDM training.
+
+Glue only (DESIGN §5): the UNet (`drivesim.models.unet`), the schedule, loss, samplers,
+guidance and masks (`drivesim.diffusion`) do the work. Stages (Video LDM, Blattmann et al.
+2023): ``image`` trains a spatial UNet on latents (stage 2); ``video`` trains the temporal
+layers of a video UNet initialised from an image checkpoint, with S in {0, 1, 2} context
+frames (stage 3); ``interpolation`` uses key frames 0 and T-1 as context plus a regime label
+(stage 4). The frozen autoencoder comes from its own model file (``autoencoder_path``); its
+hyper-parameters are never restated in the config.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from einops import rearrange
+from lightning.pytorch import LightningModule
+
+from drivesim.diffusion.guidance import guided_denoiser
+from drivesim.diffusion.losses import diffusion_loss
+from drivesim.diffusion.masks import (
+    interpolation_mask,
+    masked_context,
+    sample_context_masks,
+    with_context,
+)
+from drivesim.diffusion.parameterization import Denoiser, check_prediction
+from drivesim.diffusion.samplers import ddim_sample, dpmpp_2m_sample
+from drivesim.diffusion.schedule import DiscreteVPSchedule
+from drivesim.models.conditioning import Conditioning
+from drivesim.models.unet import UNet, parameter_group
+from drivesim.training.checkpoints import attach_model_to_checkpoint, save_model_file
+from drivesim.utils.io import DriveSimInputError
+
+STAGES = ("image", "video", "interpolation")
+SAMPLERS = {"ddim": ddim_sample, "dpmpp_2m": dpmpp_2m_sample}
+UNET_KIND = "ldm"  # model-file kind shared with drivesim.rollout.sampler.load_diffusion_model
+TRAINED_GROUPS = {"image": ("spatial", "conditioning", "temporal", "context"),
+                  "video": ("temporal", "context"), "interpolation": ("temporal", "context")}
+
+
+class LatentDiffusionModule(LightningModule):
+    """Latent diffusion training; the constructor signature is the config.
+
+    Args:
+        unet: the denoising network (``class_path: drivesim.models.unet.UNet``); image stage:
+            ``temporal: false``; video / interpolation: ``temporal: true, use_context: true``
+            (interpolation also ``num_regimes: 2``).
+        stage: ``image`` | ``video`` | ``interpolation``.
+        autoencoder_path: frozen autoencoder model file; needed to encode ``video`` batches
+            and to decode validation samples (optional when batches carry ``latents``).
+        init_from: image-LDM checkpoint (.ckpt / model file) whose spatial weights initialise
+            a video stage (temporal layers stay new), or the full weights for the image stage.
+        prediction: ``v`` (paper) or ``eps``.
+        num_train_steps, schedule, beta_start, beta_end: the VP schedule (paper: 1000, LDM
+            linear-in-sqrt(beta), 0.0015 -> 0.0195).
+        drop_boxes, drop_labels, drop_context: per-condition dropout for classifier-free
+            guidance (paper: 10%); ``drop_context`` forces S = 0 on top of ``context_probs``.
+        context_probs: P(S = 0), P(S = 1), P(S = 2) context frames (video stage).
+        loss_on_context_frames: also regress the (clean-given) context frames.
+        regime_fps_split: interpolation windows with fps below it get regime 0
+            (1.875 -> 7.5 fps), others regime 1 (7.5 -> 30 fps); a batch ``regime`` wins.
+        lr, weight_decay, betas, warmup_steps: AdamW with linear warm-up.
+        train_spatial_lr_scale: video stages: 0 freezes spatial + conditioning layers (only
+            temporal / context parameters are optimised); > 0 trains them at lr * scale.
+        latent_size: (h, w) of generated latents when no batch gives the size.
+        val_sample_steps, num_val_samples, val_guidance, val_seed: validation sampling (DDIM).
+        model_file, overwrite: where ``on_fit_end`` writes the UNet model file (kind ``ldm``;
+            default ``<log_dir>/model.safetensors``) and whether it may replace one.
+        compile: ``torch.compile`` the UNet (in place) before training.
+    """
+
+    def __init__(self, unet: UNet, stage: str = "image", autoencoder_path: str | None = None,
+                 init_from: str | None = None, prediction: str = "v", num_train_steps: int = 1000,
+                 schedule: str = "linear", beta_start: float = 0.0015, beta_end: float = 0.0195,
+                 drop_boxes: float = 0.1, drop_labels: float = 0.1, drop_context: float = 0.1,
+                 context_probs: Sequence[float] = (0.34, 0.33, 0.33),
+                 loss_on_context_frames: bool = False, regime_fps_split: float = 15.0,
+                 lr: float = 1e-4, weight_decay: float = 0.0, betas: Sequence[float] = (0.9, 0.999),
+                 warmup_steps: int = 1000, train_spatial_lr_scale: float = 0.0,
+                 latent_size: Sequence[int] = (8, 16), val_sample_steps: int = 20,
+                 num_val_samples: int = 4, val_guidance: float = 2.0, val_seed: int = 0,
+                 model_file: str | None = None, overwrite: bool = False, compile: bool = False) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["unet"])
+        _check_config(unet, stage, prediction,
+                      {"drop_boxes": drop_boxes, "drop_labels": drop_labels, "drop_context": drop_context})
+        self.unet = unet
+        self.schedule = DiscreteVPSchedule(num_train_steps, schedule, beta_start, beta_end)
+        self.denoiser = Denoiser(self.unet, self.schedule, prediction)
+        self.autoencoder = _load_frozen_autoencoder(autoencoder_path)
+        if init_from:
+            self._init_from(init_from)
+        self._freeze_untrained_groups()
+        self._data_info: dict[str, Any] = {}
+        if compile:
+            self.unet.compile()  # in place: state-dict keys stay unchanged
+
+    # -- construction helpers -----------------------------------------------------------
+    def _init_from(self, path: str) -> None:
+        state = load_unet_state(path)
+        if self.hparams.stage == "image":
+            video_keys = [k for k in state if parameter_group(k) in ("temporal", "context")]
+            if video_keys:
+                raise DriveSimInputError(f"a video checkpoint cannot initialise the image stage "
+                                         f"(temporal keys such as {video_keys[:2]})",
+                                         path=path, field="init_from")
+            try:
+                self.unet.load_state_dict(state)
+            except RuntimeError as err:  # keys / shapes differ from this UNet's config
+                raise DriveSimInputError(f"image weights do not match the UNet config: {str(err)[:300]}",
+                                         path=path, field="init_from") from err
+        else:
+            try:
+                self.unet.load_spatial_state_dict(state)
+            except ValueError as err:
+                raise DriveSimInputError(str(err), path=path, field="init_from") from err
+
+    def _trained_groups(self) -> tuple[str, ...]:
+        groups = TRAINED_GROUPS[self.hparams.stage]
+        if self.hparams.stage != "image" and self.hparams.train_spatial_lr_scale > 0:
+            groups = groups + ("spatial", "conditioning")
+        return groups
+
+    def _freeze_untrained_groups(self) -> None:
+        trained = self._trained_groups()
+        for name, p in self.unet.named_parameters():
+            p.requires_grad_(parameter_group(name) in trained)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, autoencoder_path: str | None = None,
+                        map_location: str | torch.device = "cpu") -> LatentDiffusionModule:
+        """Rebuild from a .ckpt of this module (weights_only load; no pickled code)."""
+        ckpt = _read_checkpoint(path)
+        info = ckpt.get("drivesim_model", {})
+        if info.get("kind") != UNET_KIND or "hyper_parameters" not in ckpt:
+            raise DriveSimInputError(f"not a LatentDiffusionModule checkpoint (kind {info.get('kind')!r})",
+                                     path=path, field="drivesim_model")
+        accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "unet"}
+        # LightningCLI adds keys such as "_class_path": keep the constructor's arguments only
+        hparams = {k: v for k, v in ckpt["hyper_parameters"].items() if k in accepted}
+        hparams["init_from"] = None
+        if autoencoder_path is not None:
+            hparams["autoencoder_path"] = autoencoder_path
+        elif hparams.get("autoencoder_path") and not Path(hparams["autoencoder_path"]).is_file():
+            hparams["autoencoder_path"] = None  # moved: sampling then needs --autoencoder
+        module = cls(unet=UNet(**info["hparams"]["unet"]), **hparams)
+        state = {k: v for k, v in ckpt["state_dict"].items() if k.startswith("unet.")}
+        module.unet.load_state_dict({k[5:]: v for k, v in state.items()})
+        return module.to(map_location).eval()
+
+    def model_hparams(self) -> dict[str, Any]:
+        """Hyper-parameters of the ``ldm`` model file: everything a sampler needs."""
+        hp = self.hparams
+        info = {"unet": self.unet.config, "prediction": hp.prediction, "stage": hp.stage,
+                "schedule": {"num_steps": hp.num_train_steps, "kind": hp.schedule,
+                             "beta_start": hp.beta_start, "beta_end": hp.beta_end},
+                "latent_size": list(hp.latent_size)}
+        return info | self._data_info
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Makes the .ckpt readable by load_model_file(path, "ldm") (rollout, sample).
+        attach_model_to_checkpoint(checkpoint, UNET_KIND, self.model_hparams(), "unet.")
+
+    def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
+        if not self._data_info and "fps" in batch:  # recorded in the model file for rollouts
+            z_frames = (batch["latents"] if "latents" in batch else batch["video"]).shape[1]
+            self._data_info = {"fps": float(batch["fps"][0]), "num_frames": int(z_frames)}
+
+    def on_fit_end(self) -> None:
+        """Write the UNet model file (kind ``ldm``) next to the logs, or to ``model_file``."""
+        if not self.trainer.is_global_zero:
+            return
+        path = Path(self.hparams.model_file or Path(self.trainer.log_dir or self.trainer.default_root_dir)
+                    / "model.safetensors")
+        save_model_file(path, UNET_KIND, self.model_hparams(), self.unet.state_dict(),
+                        overwrite=self.hparams.overwrite)
+        print(f"diffusion model file: {path}")
+
+    def train(self, mode: bool = True) -> LatentDiffusionModule:
+        super().train(mode)
+        if self.autoencoder is not None:  # the autoencoder stays frozen in eval mode
+            self.autoencoder.eval()
+        return self
+
+    # -- batch -> (latents, conditioning) -------------------------------------------------
+    def batch_latents(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Latents [B, T, C, h, w] (already scaled) from a batch: cached or encoded now.
+
+        Always contiguous: the autoencoder returns channels-last strided latents, and the
+        video UNet's backward pass segfaults on them with torch 2.13 CPU.
+        """
+        if "latents" in batch:
+            return batch["latents"].contiguous()
+        if "video" not in batch:
+            raise DriveSimInputError("a batch needs 'latents' or 'video'", field="batch",
+                                     value=sorted(batch))
+        if self.autoencoder is None:
+            raise DriveSimInputError("'video' batches need autoencoder_path to encode them",
+                                     field="autoencoder_path")
+        with torch.no_grad():
+            return self.autoencoder.encode_latents(batch["video"]).contiguous()
+
+    def _context(self, batch: dict[str, Any], z: torch.Tensor, generator: torch.Generator | None
+                 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(context latents m*z, mask [B, T]) for the video stages; (None, None) for images."""
+        b, t = z.shape[:2]
+        stage = self.hparams.stage
+        if stage == "image":
+            return None, None
+        if stage == "video":
+            mask, _ = sample_context_masks(b, t, self.hparams.context_probs, generator)
+            drop = torch.rand(b, generator=generator) < self.hparams.drop_context
+            mask = mask * (~drop)[:, None].float()
+        else:
+            mask = interpolation_mask(b, t)
+        mask = mask.to(z.device)
+        return masked_context(z, mask), mask
+
+    def _regime(self, batch: dict[str, Any], b: int) -> torch.Tensor | None:
+        if self.hparams.stage != "interpolation":
+            return None
+        if "regime" in batch:
+            return batch["regime"].long()
+        if "fps" not in batch:
+            raise DriveSimInputError("interpolation batches need 'fps' or 'regime'", field="batch",
+                                     value=sorted(batch))
+        return (batch["fps"] >= self.hparams.regime_fps_split).long().reshape(b)
+
+    def batch_conditioning(self, batch: dict[str, Any], z: torch.Tensor, train: bool,
+                           generator: torch.Generator | None = None) -> Conditioning:
+        """Conditioning from the batch, with guidance dropout when ``train``."""
+        b = z.shape[0]
+        context, mask = self._context(batch, z, generator)
+        cond = Conditioning.from_batch(batch, context=context, context_mask=mask,
+                                       regime=self._regime(batch, b)).to(z.device)
+        if train:
+            p_box, p_lab = self.hparams.drop_boxes, self.hparams.drop_labels
+            drop_boxes = (torch.rand(b, generator=generator) < p_box).to(z.device)
+            drop_labels = (torch.rand(b, generator=generator) < p_lab).to(z.device)
+            cond = cond.with_dropped(boxes=drop_boxes, labels=drop_labels)
+        return cond
+
+    # -- steps ---------------------------------------------------------------------------
+    def compute_loss(self, batch: dict[str, Any], train: bool,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+        """Diffusion loss of one batch (guidance dropout only when ``train``)."""
+        z = self.batch_latents(batch)
+        cond = self.batch_conditioning(batch, z, train=train, generator=generator)
+        loss_mask = None
+        if cond.context_mask is not None and not self.hparams.loss_on_context_frames:
+            loss_mask = 1.0 - cond.context_mask
+        return diffusion_loss(self.unet, z, cond, self.schedule, generator=generator,
+                              prediction=self.hparams.prediction, loss_mask=loss_mask)
+
+    def _common_step(self, batch: dict[str, Any], stage: str,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+        """Loss + logging; training draws from the global RNG (seeded by the trainer)."""
+        loss = self.compute_loss(batch, stage == "train", generator)
+        batch_size = len(batch["daynight"]) if "daynight" in batch else None
+        self.log(f"{stage}/loss", loss, prog_bar=stage == "train", on_step=stage == "train",
+                 on_epoch=True, batch_size=batch_size, sync_dist=stage != "train")
+        return loss
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        return self._common_step(batch, "train")
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        # a fixed draw per batch makes validation losses comparable across epochs
+        gen = torch.Generator().manual_seed(self.hparams.val_seed + 7919 * batch_idx)
+        loss = self._common_step(batch, "val", gen)
+        if batch_idx == 0 and self.hparams.num_val_samples > 0 and self.trainer.is_global_zero:
+            self._log_validation_samples(batch)
+        return loss
+
+    def _log_validation_samples(self, batch: dict[str, Any]) -> None:
+        n = min(self.hparams.num_val_samples, len(batch["clip_id"]) if "clip_id" in batch else 1)
+        sub = {k: (v[:n] if isinstance(v, (torch.Tensor, list)) else v) for k, v in batch.items()}
+        z = self.batch_latents(sub)
+        cond = self.batch_conditioning(sub, z, train=False,
+                                       generator=torch.Generator().manual_seed(self.hparams.val_seed))
+        g = self.hparams.val_guidance
+        scales = {"labels": g, "boxes": g} | ({"context": g} if cond.context is not None else {})
+        latents = self.generate(cond, z.shape[1], tuple(z.shape[-2:]), self.hparams.val_sample_steps,
+                                scales, generator=torch.Generator().manual_seed(self.hparams.val_seed))
+        if self.autoencoder is None:
+            return
+        with torch.no_grad():
+            frames = self.autoencoder.decode_latents(latents)
+        log_sample_grid(self.logger, "val/samples", frames, sub, self.global_step)
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int = 0) -> torch.Tensor:
+        """Frames [B, T, 3, H, W] in [-1, 1] for the batch's conditioning (boxes, labels,
+        optional context ``latents`` with ``context_mask``); keys ``steps``, ``guidance``,
+        ``seed``, ``num_frames``, ``sampler`` override the validation defaults."""
+        b = len(batch["daynight"])
+        frames_t = int(batch.get("num_frames", batch["boxes"].shape[1] if "boxes" in batch else 1))
+        context = batch.get("latents") if "context_mask" in batch else None
+        cond = Conditioning.from_batch(batch, context=context, context_mask=batch.get("context_mask"),
+                                       regime=batch.get("regime")).to(self.device)
+        g = float(batch.get("guidance", self.hparams.val_guidance))
+        scales = {"labels": g, "boxes": g} | ({"context": g} if context is not None else {})
+        scales = scales if g != 1.0 else {}  # scale 1 is the conditional model: one pass
+        gen = torch.Generator().manual_seed(int(batch.get("seed", self.hparams.val_seed)) + batch_idx)
+        latents = self.generate(cond, frames_t, tuple(self.hparams.latent_size),
+                                int(batch.get("steps", self.hparams.val_sample_steps)), scales,
+                                sampler=batch.get("sampler", "ddim"), generator=gen, batch_size=b)
+        if self.autoencoder is None:
+            raise DriveSimInputError("decoding samples needs autoencoder_path", field="autoencoder_path")
+        return self.autoencoder.decode_latents(latents).clamp(-1, 1)
+
+    # -- sampling ------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, cond: Conditioning, num_frames: int, latent_hw: tuple[int, int],
+                 steps: int = 50, scales: dict[str, float | torch.Tensor] | None = None,
+                 sampler: str = "ddim", generator: torch.Generator | None = None,
+                 eta: float = 0.0, batch_size: int | None = None) -> torch.Tensor:
+        """Latents [B, T, C, h, w] sampled for ``cond``; context frames re-imposed each step.
+
+        ``scales`` maps context / labels / boxes to guidance scales (numbers or [T] tensors);
+        None or empty = the plain conditional model. ``eta`` > 0: stochastic DDIM.
+        """
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler: expected one of {sorted(SAMPLERS)}, got {sampler!r}")
+        b = batch_size or cond.batch_size
+        shape = (b, num_frames, self.unet.in_channels, *latent_hw)
+        gen_device = generator.device if generator is not None else self.device
+        x_T = torch.randn(shape, generator=generator, device=gen_device).to(self.device)
+        denoise = guided_denoiser(self.denoiser, cond, dict(scales or {}))
+        if cond.context is not None:
+            m = torch.zeros(b, num_frames, device=self.device)
+            m[:, : cond.context.shape[1]] = cond.context_mask
+            ctx = torch.zeros(shape, device=self.device)
+            ctx[:, : cond.context.shape[1]] = cond.context
+            denoise = with_context(denoise, ctx, m)
+        if sampler == "ddim":
+            return ddim_sample(denoise, x_T, self.schedule, steps, eta=eta, generator=generator)
+        if eta:
+            raise ValueError(f"eta={eta!r} is a DDIM option; dpmpp_2m is deterministic")
+        return dpmpp_2m_sample(denoise, x_T, self.schedule, steps)
+
+    # -- optimisation --------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        groups = self.unet.parameter_groups()
+        main = [p for g in TRAINED_GROUPS[hp.stage] for p in groups[g]]
+        param_groups = [{"params": main, "lr": hp.lr}]
+        if hp.stage != "image" and hp.train_spatial_lr_scale > 0:
+            spatial = groups["spatial"] + groups["conditioning"]
+            param_groups.append({"params": spatial, "lr": hp.lr * hp.train_spatial_lr_scale})
+        optimizer = torch.optim.AdamW([g for g in param_groups if g["params"]], lr=hp.lr,
+                                      betas=tuple(hp.betas), weight_decay=hp.weight_decay)
+        warmup = max(int(hp.warmup_steps), 0)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _check_config(unet: UNet, stage: str, prediction: str, drops: dict[str, float]) -> None:
+    if stage not in STAGES:
+        raise ValueError(f"stage: expected one of {STAGES}, got {stage!r}")
+    check_prediction(prediction)
+    if (stage == "image") == bool(unet.temporal):
+        raise ValueError(f"stage '{stage}' needs a UNet with temporal={stage != 'image'}, "
+                         f"got temporal={unet.temporal}")
+    if stage != "image" and unet.context_encoder is None:
+        raise ValueError(f"stage '{stage}' needs a UNet with use_context=True")
+    for name, value in drops.items():
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name}: expected a probability in [0, 1], got {value!r}")
+
+
+def _read_checkpoint(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise DriveSimInputError("checkpoint not found", path=p)
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for corrupt / pickled-code files
+        raise DriveSimInputError(f"not a weights-only checkpoint: {err}", path=p) from err
+
+
+def load_unet_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """UNet weights from a LatentDiffusionModule .ckpt or a ``diffusion_unet`` model file."""
+    from drivesim.models.model_files import load_model_file
+
+    _, state = load_model_file(path, UNET_KIND)
+    return state
+
+
+def _load_frozen_autoencoder(path: str | None) -> torch.nn.Module | None:
+    if not path:
+        return None
+    from drivesim.models.autoencoder import load_autoencoder
+
+    ae = load_autoencoder(path)
+    for p in ae.parameters():
+        p.requires_grad_(False)
+    return ae.eval()
+
+
+def frames_to_uint8(frames: torch.Tensor) -> np.ndarray:
+    """[B, T, 3, H, W] in [-1, 1] -> uint8 [B, T, H, W, 3]."""
+    x = ((frames.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return rearrange(x, "b t c h w -> b t h w c").cpu().numpy()
+
+
+def sample_grid(frames: torch.Tensor, batch: dict[str, Any]) -> np.ndarray:
+    """Grid uint8 [B*H, T*W, 3]: one row per clip, one column per frame, boxes drawn on."""
+    from drivesim.data.boxes import draw_boxes
+
+    rgb = frames_to_uint8(frames)
+    if "boxes" in batch:
+        boxes = batch["boxes"].detach().cpu().numpy()
+        classes = batch["box_classes"].detach().cpu().numpy()
+        ids = batch["box_ids"].detach().cpu().numpy() if "box_ids" in batch else None
+        rgb = np.stack([np.stack([draw_boxes(rgb[b, t], boxes[b, t], classes[b, t],
+                                             None if ids is None else ids[b, t])
+                                  for t in range(rgb.shape[1])]) for b in range(rgb.shape[0])])
+    return rearrange(rgb, "b t h w c -> (b h) (t w) c")
+
+
+def log_sample_grid(logger: Any, tag: str, frames: torch.Tensor, batch: dict[str, Any],
+                    step: int) -> None:
+    """Log a sample grid (clips x frames, boxes drawn) to TensorBoard when that logger is used."""
+    experiment = getattr(logger, "experiment", None)
+    if experiment is None or not hasattr(experiment, "add_image"):
+        return
+    experiment.add_image(tag, sample_grid(frames, batch), step, dataformats="HWC")

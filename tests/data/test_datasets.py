@@ -1,0 +1,193 @@
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from drivesim.data.clip_format import (
+    ClipWriter,
+    assign_split,
+    manifest_entry,
+    read_clip,
+    write_manifest,
+)
+from drivesim.data.datasets import (
+    ClipDataset,
+    SyntheticDataset,
+    collate_batch,
+    resample_indices,
+    shard_indices,
+    window_starts,
+)
+from drivesim.utils.io import DriveSimInputError
+
+H, W = 24, 40
+
+
+def indexed_clip(path, n, fps=30.0, fmt="png", daynight="day"):
+    """Frame i: blue = 5 * (i % 50); one car whose x1 = i / 100 (the index is readable back)."""
+    with ClipWriter(path, fps=fps, height=H, width=W, labels={"daynight": daynight}, frames_format=fmt) as w:
+        for i in range(n):
+            f = np.full((H, W, 3), 60, np.uint8)
+            f[..., 2] = 5 * (i % 50)
+            w.add_frame(f, boxes=[[i / 100, 0.25, i / 100 + 0.1, 0.75]], classes=[1], track_ids=[3])
+    return read_clip(path)
+
+
+def make_dataset(root, lengths=(40, 40), fps=30.0, val_fraction=0.0, fmt="png"):
+    entries = [manifest_entry(indexed_clip(root / f"c{i}", n, fps, fmt), root,
+                              assign_split(i, len(lengths), val_fraction)) for i, n in enumerate(lengths)]
+    write_manifest(root, entries, overwrite=True)
+    return root
+
+
+def check_contract(batch, b, t, h, w, n):
+    assert set(batch) == {"video", "boxes", "box_classes", "box_ids", "daynight", "crowd", "fps", "clip_id"}
+    assert batch["video"].dtype == torch.float32 and batch["video"].shape == (b, t, 3, h, w)
+    assert batch["video"].min() >= -1 and batch["video"].max() <= 1
+    assert batch["boxes"].dtype == torch.float32 and batch["boxes"].shape == (b, t, n, 4)
+    assert batch["boxes"].min() >= 0 and batch["boxes"].max() <= 1
+    for key in ("box_classes", "box_ids"):
+        assert batch[key].dtype == torch.int64 and batch[key].shape == (b, t, n)
+    assert ((batch["box_classes"] == 0) == (batch["boxes"].abs().sum(-1) == 0)).all()  # padding is zero
+    for key in ("daynight", "crowd"):
+        assert batch[key].dtype == torch.int64 and batch[key].shape == (b,)
+    assert batch["fps"].dtype == torch.float32 and batch["fps"].shape == (b,)
+    assert isinstance(batch["clip_id"], list) and all(isinstance(c, str) for c in batch["clip_id"])
+
+
+def test_resample_indices_rule():
+    assert resample_indices(4, 30, 10).tolist() == [0, 3, 6, 9]
+    assert resample_indices(5, 10, 4, start=2).tolist() == [2, 5, 7, 10, 12]  # 2.5 and 7.5 round up
+    assert resample_indices(3, 10, 20).tolist() == [0, 1, 1]  # upsampling repeats the nearest frame
+    assert window_starts(40, 4, 30, 10, stride=4) == [0, 12, 24]  # span 10 source frames, step 12
+    assert window_starts(9, 4, 30, 10, stride=4) == []
+
+
+def test_clip_batch_contract_and_fps_resampling(tmp_path):
+    ds = ClipDataset(make_dataset(tmp_path), "train", frames=4, fps=10.0, height=H, width=W, max_boxes=3)
+    assert len(ds) == 6  # 2 clips x windows at 0, 12, 24
+    batch = collate_batch([ds[i] for i in range(len(ds))])
+    check_contract(batch, 6, 4, H, W, 3)
+    assert batch["clip_id"] == ["c0"] * 3 + ["c1"] * 3 and batch["fps"].tolist() == [10.0] * 6
+    # 30 fps -> 10 fps: every 3rd source frame, read back from the pixels and from the boxes
+    blue = ((batch["video"][:, :, 2].mean(dim=(-1, -2)) + 1) * 127.5 / 5).round()
+    expect = torch.tensor([[s + 3 * k for k in range(4)] for s in (0, 12, 24)] * 2, dtype=torch.float32)
+    assert torch.equal(blue, expect)
+    assert torch.allclose(batch["boxes"][:, :, 0, 0] * 100, expect, atol=1e-3)
+    assert batch["box_classes"][:, :, 0].eq(1).all() and batch["box_ids"][:, :, 0].eq(3).all()
+
+
+def test_native_fps_and_single_frame_mode(tmp_path):
+    root = make_dataset(tmp_path, lengths=(7,))
+    ds = ClipDataset(root, "train", frames=1, fps=None, height=H, width=W, max_boxes=2)
+    assert len(ds) == 7
+    batch = collate_batch([ds[5], ds[6]])
+    check_contract(batch, 2, 1, H, W, 2)
+    assert batch["fps"].tolist() == [30.0, 30.0]
+    assert torch.allclose(batch["boxes"][:, 0, 0, 0], torch.tensor([0.05, 0.06]))
+
+
+def test_resize_crop_moves_boxes_with_pixels(tmp_path):
+    # 24x40 -> 16x16: resize to 16x27 (cover), crop 5 columns on the left
+    with ClipWriter(tmp_path / "c0", fps=10, height=H, width=W, frames_format="png") as w:
+        f = np.zeros((H, W, 3), np.uint8)
+        f[6:18, 12:32] = 255
+        w.add_frame(f, boxes=[[12 / W, 6 / H, 32 / W, 18 / H], [0.0, 0.0, 0.1, 0.2]], classes=[2, 1])
+    write_manifest(tmp_path, [manifest_entry(read_clip(tmp_path / "c0"), tmp_path, "train")])
+    s = ClipDataset(tmp_path, "train", frames=1, height=16, width=16, max_boxes=4)[0]
+    img = s["video"][0, 0] > 0
+    ys, xs = torch.nonzero(img, as_tuple=True)
+    px = s["boxes"][0, 0] * 16
+    assert torch.allclose(px, torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]).float(), atol=1.0)
+    assert s["box_classes"][0].tolist() == [2, 0, 0, 0]  # the box left of the crop is dropped
+
+
+def test_strict_errors_short_clip_and_empty(tmp_path):
+    root = make_dataset(tmp_path / "d", lengths=(40, 5))
+    with pytest.raises(DriveSimInputError) as err:
+        ClipDataset(root, "train", frames=4, fps=10.0)
+    assert "c1" in str(err.value) and "'num_frames'" in str(err.value) and "too short" in str(err.value)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DriveSimInputError, match="empty"):
+        ClipDataset(tmp_path / "empty")
+    with pytest.raises(DriveSimInputError, match="no clips in this split"):
+        ClipDataset(root, "val", frames=1)
+
+
+def test_lenient_skips_and_reports(tmp_path, caplog):
+    root = make_dataset(tmp_path, lengths=(40, 5, 40, 40))
+    (root / "c2" / "clip.json").write_text("{broken")
+    (root / "c3" / "frames" / "000010.png").unlink()
+    with pytest.raises(DriveSimInputError):
+        ClipDataset(root, "train", frames=4, fps=10.0)
+    ds = ClipDataset(root, "train", frames=4, fps=10.0, height=H, width=W, lenient=True)
+    assert len(ds) == 3 and [c.clip_id for c in ds.clips] == ["c0"]
+    assert [c for c, _ in ds.skipped] == ["c1", "c2", "c3"]
+    reasons = " ".join(r for _, r in ds.skipped)
+    assert "too short" in reasons and "malformed JSON" in reasons and "000010.png" in reasons
+    assert "skipped 3 of 4 clips" in caplog.text
+
+
+def test_lenient_replaces_windows_that_fail_to_decode(tmp_path):
+    root = make_dataset(tmp_path, lengths=(40, 40))
+    ds = ClipDataset(root, "train", frames=4, fps=10.0, height=H, width=W, lenient=True)
+    (root / "c0" / "frames" / "000003.png").write_bytes(b"junk")  # broken after validation
+    s = ds[0]
+    assert s["clip_id"] == "c0" and ds.decode_failures == {"c0": 1}  # replaced by window 1 of c0
+    strict = ClipDataset(root, "train", frames=4, fps=10.0, height=H, width=W)
+    with pytest.raises(DriveSimInputError, match="000003.png"):
+        strict[0]
+
+
+def test_mp4_clips_through_dataloader_workers(tmp_path):
+    root = make_dataset(tmp_path, lengths=(30, 30), fps=10.0, fmt="mp4")
+    ds = ClipDataset(root, "train", frames=5, fps=5.0, height=16, width=16, max_boxes=2)
+    direct = [ds[i]["video"] for i in (5, 0, 3)]  # decoders open in the parent before the fork
+    batches = list(DataLoader(ds, batch_size=2, num_workers=2, collate_fn=collate_batch))
+    assert sum(len(b["clip_id"]) for b in batches) == len(ds) == 6
+    check_contract(batches[0], 2, 5, 16, 16, 2)
+    videos = torch.cat([b["video"] for b in batches])
+    for i, v in zip((5, 0, 3), direct):
+        assert torch.equal(videos[i], v)
+    blue = ((videos[:, :, 2].mean(dim=(-1, -2)) + 1) * 127.5 / 5)
+    assert torch.allclose(blue[1], torch.tensor([10.0, 12, 14, 16, 18]), atol=0.5)  # 10 -> 5 fps
+
+
+def test_shard_indices_cover_epoch_once():
+    total, world, workers = 103, 2, 3
+    shards = [list(shard_indices(total, r, world, w, workers)) for r in range(world) for w in range(workers)]
+    flat = [i for s in shards for i in s]
+    assert len(flat) == len(set(flat)) == (total // world) * world  # 1 sample dropped, none repeated
+    per_rank = [sum(len(shards[r * workers + w]) for w in range(workers)) for r in range(world)]
+    assert per_rank == [51, 51]
+
+
+def _synthetic(**kw):
+    opts = dict(frames=3, fps=10.0, height=32, width=64, max_boxes=6, samples=4, seed=5,
+                min_vehicles=1, max_vehicles=4, max_warmup_steps=3)
+    opts.update(kw)
+    return SyntheticDataset(**opts)
+
+
+def test_synthetic_contract_and_determinism():
+    ds = _synthetic()
+    items = list(ds)
+    assert len(items) == len(ds) == 4
+    batch = collate_batch(items)
+    check_contract(batch, 4, 3, 32, 64, 6)
+    assert len(set(batch["clip_id"])) == 4
+    again = _synthetic().sample(2, epoch=0)
+    assert torch.equal(again["video"], items[2]["video"]) and torch.equal(again["boxes"], items[2]["boxes"])
+    assert not torch.equal(items[0]["video"], items[1]["video"])
+    assert batch["box_classes"].gt(0).any()  # vehicles are labelled
+    nxt = list(ds)  # next epoch: fresh drives
+    assert not torch.equal(nxt[0]["video"], items[0]["video"])
+
+
+def test_synthetic_night_fraction_and_rank_split():
+    ds = _synthetic(night_fraction=1.0, samples=6, rank=1, world_size=2, resample_each_epoch=False)
+    items = list(ds)
+    assert len(items) == 3 and all(int(s["daynight"]) == 1 for s in items)
+    assert [s["clip_id"] for s in items] == [f"synth-s5-e0-i{i}" for i in (1, 3, 5)]
+    day = [_synthetic(night_fraction=0.0).scenario(i)["night"] for i in range(20)]
+    assert not any(day)

@@ -1,0 +1,90 @@
+import json
+import shutil
+
+import numpy as np
+
+from drivesim.cli import main
+from drivesim.data.clip_format import MANIFEST, read_clip, read_manifest
+from drivesim.data.datasets import ClipDataset, SyntheticDataset
+from drivesim.data.labels import CROWD_NAMES
+
+SYNTH = ["data", "synth", "--clips", "3", "--seconds", "0.4", "--fps", "10", "--size", "32x64", "--seed", "4",
+         "--val-fraction", "0.34", "--max-vehicles", "4", "--no-progress"]
+
+
+def synth(out, *extra):
+    return main([*SYNTH, "--out", str(out), *extra])
+
+
+def test_synth_writes_clips_and_manifest(tmp_path, capsys):
+    assert synth(tmp_path / "ds", "--night-fraction", "1.0") == 0
+    assert "wrote 3 clips (2 train, 1 val)" in capsys.readouterr().out
+    entries = read_manifest(tmp_path / "ds")
+    assert [e.clip_id for e in entries] == ["synth_000000", "synth_000001", "synth_000002"]
+    assert [e.split for e in entries] == ["train", "train", "val"]
+    clip = read_clip(tmp_path / "ds" / "synth_000001")
+    assert (clip.num_frames, clip.fps, clip.height, clip.width) == (4, 10.0, 32, 64)
+    assert clip.labels["source"] == "synthetic" and clip.labels["daynight"] == "night"
+    assert clip.labels["crowd"] in CROWD_NAMES[:3] and clip.labels["weather"] == "clear"
+    assert clip.labels["seed"] == SyntheticDataset(seed=4).scenario(1)["seed"]
+    # the exported drive is sample 1 of the streaming dataset with the same seed
+    stream = SyntheticDataset(frames=4, height=32, width=64, seed=4, night_fraction=1.0, max_vehicles=4,
+                              max_boxes=16).sample(1)
+    video = (stream["video"].permute(0, 2, 3, 1).numpy() + 1) * 127.5
+    mse = np.mean((clip.frames(range(4)).astype(np.float64) - video) ** 2)
+    assert 10 * np.log10(255**2 / mse) > 30
+    boxes, classes, _ = clip.box_arrays(range(4), max_boxes=16)
+    np.testing.assert_allclose(boxes, stream["boxes"].numpy(), atol=1e-5)
+    np.testing.assert_array_equal(classes, stream["box_classes"].numpy())
+    ds = ClipDataset(tmp_path / "ds", "train", frames=2, fps=5.0, height=32, width=64)
+    assert len(ds) == 2
+
+
+def test_synth_refuses_overwrite_and_resumes(tmp_path, capsys):
+    out = tmp_path / "ds"
+    assert synth(out, "--format", "png") == 0
+    stamp = (out / "synth_000000" / "clip.json").stat().st_mtime_ns
+    assert synth(out, "--format", "png") == 2
+    assert "pass --overwrite" in capsys.readouterr().err
+    # a killed run: one clip and the manifest missing -> --skip-existing finishes it
+    shutil.rmtree(out / "synth_000002")
+    (out / MANIFEST).unlink()
+    assert synth(out, "--format", "png", "--skip-existing") == 0
+    assert (out / "synth_000000" / "clip.json").stat().st_mtime_ns == stamp  # kept
+    assert len(read_manifest(out)) == 3 and read_clip(out / "synth_000002").num_frames == 4
+    assert synth(out, "--format", "png", "--skip-existing", "--seed", "5") == 1
+    assert "other settings" in capsys.readouterr().err
+    assert synth(out, "--overwrite") == 0
+    assert read_clip(out / "synth_000000").frames_format == "mp4"
+
+
+def test_check_reports_bad_clips(tmp_path, capsys):
+    out = tmp_path / "ds"
+    assert synth(out) == 0
+    capsys.readouterr()
+    assert main(["data", "check", str(out)]) == 0
+    assert "checked 3 clips (train: 2, val: 1); 0 bad" in capsys.readouterr().out
+    meta = json.loads((out / "synth_000001" / "clip.json").read_text())
+    meta["annotations"][0]["boxes"] = [[0.1, 0.1, float("nan"), 0.2]]
+    meta["annotations"][0]["classes"] = [1]
+    meta["annotations"][0]["track_ids"] = [1]
+    meta["annotations"][0]["visibility"] = [1.0]
+    (out / "synth_000001" / "clip.json").write_text(json.dumps(meta))
+    data = (out / "synth_000002" / "frames.mp4").read_bytes()
+    (out / "synth_000002" / "frames.mp4").write_bytes(data[: len(data) // 3])
+    assert main(["data", "check", str(out)]) == 1
+    text = capsys.readouterr().out
+    assert "BAD synth_000001" in text and "annotations[0].boxes[0]" in text and "NaN" in text
+    assert "BAD synth_000002" in text and "frames.mp4" in text and "2 bad, 1 ok" in text
+
+
+def test_check_empty_folder_and_write_manifest(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["data", "check", str(tmp_path / "empty")]) == 1
+    assert "empty" in capsys.readouterr().out
+    out = tmp_path / "ds"
+    assert synth(out) == 0
+    (out / MANIFEST).unlink()
+    assert main(["data", "check", str(out)]) == 1
+    assert main(["data", "check", str(out), "--write-manifest", "--val-fraction", "0"]) == 0
+    assert [e.split for e in read_manifest(out)] == ["train"] * 3

@@ -1,0 +1,69 @@
+"""The diffusion loss: one noise level per clip, frame masks, targets."""
+
+import pytest
+import torch
+
+from drivesim.diffusion.losses import diffusion_loss, masked_mse, noise_clip
+from drivesim.diffusion.schedule import DiscreteVPSchedule
+
+SCHED = DiscreteVPSchedule(1000)
+
+
+def test_one_noise_level_per_clip(generator):
+    """Every frame of a clip must be noised with the same t (a peer bug draws t per frame)."""
+    B, T = 6, 5
+    x0 = torch.full((B, T, 4, 16, 16), 5.0)
+    seen = {}
+
+    def network(x_t, t, cond):
+        seen["x_t"], seen["t"] = x_t, t
+        return torch.zeros_like(x_t)
+
+    diffusion_loss(network, x0, None, SCHED, generator=generator)
+    t, x_t = seen["t"], seen["x_t"]
+    assert t.shape == (B,) and t.dtype == torch.long
+    frame_signal = x_t.mean(dim=(2, 3, 4)) / 5.0   # [B, T] ~ a_t of each frame
+    expect = SCHED.a(t).float()[:, None].expand(B, T)
+    torch.testing.assert_close(frame_signal, expect, atol=0.03, rtol=0)
+    frame_noise = x_t.std(dim=(2, 3, 4))            # [B, T] ~ s_t of each frame
+    torch.testing.assert_close(frame_noise, SCHED.s(t).float()[:, None].expand(B, T), atol=0.05, rtol=0)
+    assert len(set(t.tolist())) > 1                # and clips differ
+
+
+@pytest.mark.parametrize("prediction", ["v", "eps"])
+def test_perfect_network_has_zero_loss_and_mask_excludes_frames(prediction, generator):
+    """With x0 = 0: x_t = s eps, so v = a eps = (a / s) x_t and eps = x_t / s exactly."""
+    B, T = 3, 4
+    x0 = torch.zeros(B, T, 2, 4, 4)
+    mask = torch.ones(B, T)
+    mask[:, :2] = 0  # context frames left out of the loss
+
+    def network(x_t, t, cond):
+        a, s = SCHED.coefficients(t, x_t)
+        perfect = (a / s) * x_t if prediction == "v" else x_t / s
+        return torch.cat([torch.full_like(perfect[:, :2], 1e3), perfect[:, 2:]], dim=1)
+
+    masked = diffusion_loss(network, x0, None, SCHED, generator, prediction, loss_mask=mask)
+    assert float(masked) < 1e-8
+    unmasked = diffusion_loss(network, x0, None, SCHED, generator, prediction)
+    assert float(unmasked) > 1e5
+
+
+def test_seeded_and_masked_mean(generator):
+    x0 = torch.randn(2, 3, 2, 4, 4, generator=generator)
+    net = torch.nn.Conv3d(3, 3, 1)
+
+    def network(x_t, t, cond):
+        return net(x_t)
+
+    a = diffusion_loss(network, x0, None, SCHED, torch.Generator().manual_seed(5))
+    b = diffusion_loss(network, x0, None, SCHED, torch.Generator().manual_seed(5))
+    assert torch.equal(a, b) and a.requires_grad
+    a.backward()
+    assert net.weight.grad is not None and net.weight.grad.abs().sum() > 0
+    pred, target = torch.zeros(1, 2, 1, 1, 1), torch.tensor([1.0, 3.0]).reshape(1, 2, 1, 1, 1)
+    assert float(masked_mse(pred, target, torch.tensor([[0.0, 1.0]]))) == 9.0
+    with pytest.raises(ValueError, match="excludes every frame"):
+        masked_mse(pred, target, torch.zeros(1, 2))
+    with pytest.raises(ValueError, match="B, T, C, h, w"):
+        noise_clip(torch.zeros(2, 3, 4, 4), SCHED)
