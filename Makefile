@@ -40,16 +40,16 @@ test-slow: install ## the slow tests only
 	$(PY) -m pytest -q -m slow
 
 data: install ## export a small synthetic dataset to $(DATA)
-	$(DS) data synth --out $(DATA) --clips 24 --seconds 12 --fps 10 --size 64x128 --seed 0 --skip-existing
+	$(DS) data synth --out $(DATA) --clips 32 --seconds 12 --fps 10 --size 64x128 --seed 0 --val-fraction 0.25 --skip-existing
 
-train: install ## train one stage: STAGE=autoencoder|temporal_decoder|image_ldm|video_ldm SIZE=tiny|base DATA=dir
-	$(DS) train --stage $(STAGE) --size $(SIZE) --data $(DATA) --out $(RUNS)/$(STAGE)-$(SIZE)
+train: install ## one stage: STAGE=autoencoder|temporal_decoder|image_ldm|video_ldm|interpolation SIZE=tiny|base DATA=dir [AE=file INIT=file]
+	$(DS) train --stage $(STAGE) --size $(SIZE) --data $(DATA) --out $(RUNS)/$(STAGE)-$(SIZE) $(if $(AE),--ae $(AE)) $(if $(INIT),--init $(INIT))
 
 rollout: install ## 2-minute day and night rollouts with the demo models
 	$(DS) rollout --preset demo --runs $(RUNS) --seconds $(SECONDS)
 
-eval: install ## score the demo rollouts against held-out synthetic clips
-	$(DS) eval --preset demo --runs $(RUNS)
+eval: install ## score the demo rollouts against the held-out synthetic clips (oracle metrics)
+	$(DS) eval --real $(RUNS)/demo/data --real-split val --fake $(RUNS)/rollouts/demo --metrics oracle --out $(RUNS)/demo/eval/report.json --overwrite
 
 demo: install ## data -> autoencoder -> temporal decoder -> latents -> image LDM -> video LDM -> rollouts -> eval
 	$(DS) demo --runs $(RUNS) $(if $(filter 1,$(FORCE)),--force,)

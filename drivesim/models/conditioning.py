@@ -171,7 +171,8 @@ class Conditioning:
         changes: dict[str, Tensor] = {}
         for name, request in (("drop_boxes", boxes), ("drop_labels", labels)):
             if request is not None:
-                changes[name] = _flags(self, name) | _as_mask(request, b, name)
+                flags = _flags(self, name)
+                changes[name] = flags | _as_mask(request, b, name).to(flags.device)
         if context is not None and self.context_mask is not None:
             keep = ~_as_mask(context, b, "context").to(self.context_mask.device)
             changes["context_mask"] = self.context_mask * keep[:, None].to(self.context_mask.dtype)

@@ -231,6 +231,9 @@ class UNet(nn.Module):
     def forward(self, x: Tensor, t: Tensor, cond: Conditioning | None = None) -> Tensor:
         """x [B,T,C,h,w] noisy latents, t [B] float timesteps, cond -> [B,T,C_out,h,w]."""
         self._check_input(x, t)
+        # Dense strides: a channels-last view (what a conv encoder returns) crashes the CPU
+        # backward of the temporal convs in torch 2.13 and is slower elsewhere.
+        x = x.contiguous()
         b, frames = x.shape[:2]
         emb, tokens = self._embed(t, cond, b, frames, x.device)
         state = BlockState(emb=emb, tokens=tokens, frames=frames, image_only=self.image_only)
