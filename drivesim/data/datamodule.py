@@ -61,6 +61,13 @@ class ShardedSampler(DistributedSampler):
     def __len__(self) -> int:
         return self.num_samples
 
+    def set_epoch(self, epoch: int) -> None:
+        """Also tells the dataset (per-epoch noise of the latents source), so the data of
+        epoch e is a pure function of (seed, e): a resumed run sees what an uninterrupted one does."""
+        super().set_epoch(epoch)
+        if callable(getattr(self.dataset, "set_epoch", None)):
+            self.dataset.set_epoch(epoch)
+
 
 class DriveDataModule(LightningDataModule):
     """Batches of the DESIGN §3 contract from the synthetic world, a clip folder or latents.
@@ -145,14 +152,20 @@ class DriveDataModule(LightningDataModule):
             rank, world = self._rank_world()
             sampler = ShardedSampler(dataset, num_replicas=world, rank=rank, shuffle=train, seed=h.seed,
                                      drop_last=train)
-        # Persistent workers keep the synthetic epoch counter (fresh drives every epoch).
+        # Persistent workers keep the synthetic epoch counter (fresh drives every epoch); map-style
+        # datasets get fresh workers each epoch so the epoch set by the sampler reaches them.
+        iterable = sampler is None
         return DataLoader(dataset, batch_size=h.batch_size, sampler=sampler, num_workers=h.num_workers,
                           collate_fn=collate_batch, pin_memory=h.pin_memory, drop_last=train,
-                          persistent_workers=h.num_workers > 0)
+                          persistent_workers=iterable and h.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
         if self.train_set is None:
             self.setup("fit")
+        trainer = self.trainer
+        if isinstance(self.train_set, SyntheticDataset) and trainer is not None:
+            # a resumed run starts at the checkpoint's epoch, not at 0
+            self.train_set.epoch = trainer.current_epoch
         return self._loader(self.train_set, train=True)
 
     def val_dataloader(self) -> DataLoader:

@@ -141,7 +141,7 @@ class LatentClipDataset(Dataset):
                                      path=self.root / MANIFEST, field="split", value=split)
         self._cache: OrderedDict[int, dict] = OrderedDict()
         self._cache_size = cache_clips
-        self._visits: dict[int, int] = {}
+        self.epoch = 0
 
     def _out_fps(self, entry: LatentEntry) -> float:
         return entry.fps if self.fps is None else float(self.fps)
@@ -157,10 +157,12 @@ class LatentClipDataset(Dataset):
         self._cache.move_to_end(k)
         return self._cache[k]
 
+    def set_epoch(self, epoch: int) -> None:
+        """Called by the sampler each epoch: fresh noise per epoch, reproducible after a resume."""
+        self.epoch = int(epoch)
+
     def _noise(self, index: int, shape: torch.Size) -> torch.Tensor:
-        visit = self._visits.get(index, 0)
-        self._visits[index] = visit + 1
-        state = np.random.SeedSequence([self.seed, index, visit]).generate_state(2, dtype=np.uint32)
+        state = np.random.SeedSequence([self.seed, index, self.epoch]).generate_state(2, dtype=np.uint32)
         gen = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
         return torch.randn(shape, generator=gen)
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from drivesim.utils.io import DriveSimInputError
+from drivesim.utils.io import DriveSimInputError, current_umask
 
 try:  # PyAV is an install requirement, but keep the OpenCV path usable without it.
     import av
@@ -64,6 +64,7 @@ def atomic_directory(path: str | os.PathLike, *, overwrite: bool = False) -> Ite
         raise FileExistsError(f"{final} exists; pass overwrite=True (--overwrite) to replace it")
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; the finished folder gets normal modes
     try:
         yield tmp
         if final.exists():
@@ -94,6 +95,7 @@ class VideoWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=".tmp.mp4", dir=self.path.parent)
         os.close(fd)
+        os.chmod(name, 0o666 & ~current_umask())
         self._tmp = Path(name)
         self._hw: tuple[int, int] | None = None
         self._container = self._stream = self._cv = None

@@ -50,8 +50,9 @@ class DiagonalGaussian:
 
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
         """Reparameterised sample z = mean + std * eps, eps ~ N(0, I) drawn from ``generator``."""
-        eps = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
-        return self.mean + self.std * eps
+        device = generator.device if generator is not None else self.mean.device
+        eps = torch.randn(self.mean.shape, generator=generator, device=device, dtype=self.mean.dtype)
+        return self.mean + self.std * eps.to(self.mean.device)
 
     def mode(self) -> torch.Tensor:
         return self.mean

@@ -39,6 +39,7 @@ from drivesim.training.checkpoints import (
     load_model_file,
     save_model_file,
 )
+from drivesim.training.rng import step_generator
 from drivesim.utils.io import DriveSimInputError
 
 STAGES = ("image", "temporal")
@@ -93,7 +94,6 @@ class AutoencoderModule(LightningModule):
         self.val_psnr = PeakSignalNoiseRatio(data_range=1.0, dim=(1, 2, 3))
         self.val_ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
         self.val_flicker = MeanMetric()
-        self._generator: torch.Generator | None = None
 
     # ----------------------------------------------------------------- setup
     def _init_from(self, path: Path) -> None:
@@ -153,9 +153,9 @@ class AutoencoderModule(LightningModule):
             module.eval()
 
     def _rng(self, device: torch.device) -> torch.Generator:
-        if self._generator is None or self._generator.device != device:
-            self._generator = torch.Generator(device=device).manual_seed(self.hparams.seed + self.global_rank)
-        return self._generator
+        """Posterior-sample noise of this training step: a pure function of (seed, step, rank),
+        so a resumed run draws what an uninterrupted one would (training/rng.py)."""
+        return step_generator(self.hparams.seed, int(self.train_steps), self.global_rank)
 
     # ----------------------------------------------------------------- losses
     def _posterior(self, x: torch.Tensor) -> DiagonalGaussian:

@@ -17,8 +17,8 @@ from pathlib import Path
 from drivesim.training.pipeline import Stage, StageFailed, banner, run_pipeline
 
 # Wall-time budget per training stage in minutes at --minutes 20 (scaled linearly).
-_TRAIN_MINUTES = {"autoencoder": 3.5, "autoencoder_temporal": 1.5, "image_ldm": 3.0,
-                  "video_ldm": 3.5}
+_TRAIN_MINUTES = {"autoencoder": 3.0, "autoencoder_temporal": 1.25, "image_ldm": 2.75,
+                  "video_ldm": 3.0}
 _BUDGET_AT = 20.0
 
 
@@ -32,13 +32,14 @@ def _fit(name: str, config: str, root: Path, minutes: float, overrides: list[str
     model_file = out / "model.safetensors"
     argv = ["fit", "--config", config, "--trainer.default_root_dir", str(out),
             "--trainer.max_time", _max_time(minutes), "--trainer.enable_progress_bar", "true",
+            "--trainer.limit_val_batches", "2",
             "--model.init_args.model_file", str(model_file), *overrides]
     return Stage(name=name, title=f"train {name} ({minutes:.1f} min budget)", argv=argv,
                  outputs=[model_file])
 
 
 def demo_stages(runs: Path, *, minutes: float = _BUDGET_AT, seconds: float = 120.0,
-                clips: int = 32, rollout_steps: int = 8) -> list[Stage]:
+                clips: int = 32, rollout_steps: int = 5) -> list[Stage]:
     """The demo's stages, all under ``runs/demo`` (rollouts under ``runs/rollouts/demo``)."""
     root = runs / "demo"
     scale = minutes / _BUDGET_AT
@@ -86,7 +87,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="overall budget the training stages are scaled to (default 20)")
     parser.add_argument("--seconds", type=float, default=120.0, help="rollout length (default 120)")
     parser.add_argument("--clips", type=int, default=32, help="synthetic clips to export")
-    parser.add_argument("--rollout-steps", type=int, default=8, help="sampler steps per segment")
+    parser.add_argument("--rollout-steps", type=int, default=5, help="sampler steps per segment")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -35,6 +35,7 @@ from drivesim.diffusion.schedule import DiscreteVPSchedule
 from drivesim.models.conditioning import Conditioning
 from drivesim.models.unet import UNet, parameter_group
 from drivesim.training.checkpoints import attach_model_to_checkpoint, save_model_file
+from drivesim.training.rng import step_generator
 from drivesim.utils.io import DriveSimInputError
 
 STAGES = ("image", "video", "interpolation")
@@ -85,7 +86,7 @@ class LatentDiffusionModule(LightningModule):
                  warmup_steps: int = 1000, train_spatial_lr_scale: float = 0.0,
                  latent_size: Sequence[int] = (8, 16), val_sample_steps: int = 20,
                  num_val_samples: int = 4, val_guidance: float = 2.0, val_seed: int = 0,
-                 model_file: str | None = None, overwrite: bool = False, compile: bool = False) -> None:
+                 seed: int = 0, model_file: str | None = None, overwrite: bool = False, compile: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["unet"])
         _check_config(unet, stage, prediction,
@@ -260,7 +261,7 @@ class LatentDiffusionModule(LightningModule):
 
     def _common_step(self, batch: dict[str, Any], stage: str,
                      generator: torch.Generator | None = None) -> torch.Tensor:
-        """Loss + logging; training draws from the global RNG (seeded by the trainer)."""
+        """Loss + logging; training draws from ``step_generator(seed, global_step, rank)``."""
         loss = self.compute_loss(batch, stage == "train", generator)
         batch_size = len(batch["daynight"]) if "daynight" in batch else None
         self.log(f"{stage}/loss", loss, prog_bar=stage == "train", on_step=stage == "train",
@@ -268,7 +269,8 @@ class LatentDiffusionModule(LightningModule):
         return loss
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        return self._common_step(batch, "train")
+        gen = step_generator(self.hparams.seed, self.global_step, self.global_rank)
+        return self._common_step(batch, "train", gen)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         # a fixed draw per batch makes validation losses comparable across epochs

@@ -35,6 +35,12 @@ class DriveSimInputError(ValueError):
         self.value = value
 
 
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` only on success.
@@ -51,6 +57,7 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[
                                     dir=final.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp creates 0600; finished files get normal modes
     try:
         yield tmp
         os.replace(tmp, final)

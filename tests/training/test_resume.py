@@ -1,0 +1,56 @@
+"""Kill training with SIGKILL and resume from the last checkpoint: the resumed run's losses
+must equal an uninterrupted run's, step for step (per-step RNG + per-epoch data seeding)."""
+
+from pathlib import Path
+
+import pytest
+from fit_harness import REPO, export_clips, read_losses, run_fit, run_fit_and_kill, write_config
+
+
+def _ae_config(tmp: Path, data: Path, name: str) -> Path:
+    return write_config(tmp / f"{name}.yaml", {
+        "seed_everything": 0,
+        "trainer": {
+            "max_epochs": 3, "max_steps": -1, "max_time": None, "logger": False,
+            "limit_val_batches": 0, "enable_progress_bar": False, "enable_model_summary": False,
+            "default_root_dir": str(tmp / name),
+            "callbacks": [
+                {"class_path": "drivesim.training.callbacks.FiniteLossGuard"},
+                {"class_path": "drivesim.training.callbacks.LossRecorder",
+                 "init_args": {"path": str(tmp / name / "losses")}},
+                {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                 "init_args": {"dirpath": str(tmp / name / "ckpt"), "every_n_epochs": 1,
+                               "save_top_k": -1, "save_last": True}},
+            ],
+        },
+        "model": {"init_args": {"base_channels": 8, "ch_mult": [1, 2], "num_res_blocks": 1,
+                                "disc_start": 4, "disc_channels": 8, "disc_layers": 1,
+                                "scale_batches": 1, "model_file": str(tmp / name / "ae.safetensors")}},
+        "data": {"init_args": {"source": "clips", "root": str(data), "height": 32, "width": 32,
+                               "batch_size": 2, "num_workers": 0}},
+    })
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> Path:
+    return export_clips(tmp_path_factory.mktemp("resume") / "clips", clips=3, seconds=1.6)
+
+
+def test_autoencoder_resume_after_sigkill_equals_uninterrupted(tmp_path, clips):
+    base = REPO / "configs/autoencoder/tiny.yaml"
+    straight = _ae_config(tmp_path, clips, "straight")
+    run_fit([base, straight])
+    reference = read_losses(tmp_path / "straight" / "losses")
+
+    killed = _ae_config(tmp_path, clips, "killed")
+    first_ckpt = tmp_path / "killed" / "ckpt"
+    # kill right after the end-of-epoch-0 checkpoint is on disk (written atomically)
+    run_fit_and_kill([base, killed], kill_when=first_ckpt / "last.ckpt")
+    assert not (tmp_path / "killed" / "ae.safetensors").exists()
+    run_fit([base, killed], extra=["--ckpt_path", str(first_ckpt / "last.ckpt")])
+    resumed = read_losses(tmp_path / "killed" / "losses")
+
+    assert sorted(resumed) == sorted(reference) and len(reference) >= 6
+    for step, loss in reference.items():
+        assert resumed[step] == pytest.approx(loss, rel=1e-5, abs=1e-6), step
+    assert (tmp_path / "killed" / "ae.safetensors").exists()
