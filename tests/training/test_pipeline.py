@@ -45,3 +45,28 @@ def test_stage_without_its_output_fails(tmp_path):
                   outputs=[tmp_path / "never.txt"])
     with pytest.raises(StageFailed, match="did not write"):
         run_pipeline([stage], tmp_path / "stamps")
+
+
+def test_train_command_assembles_fit_argv_and_names_bad_inputs(tmp_path):
+    from drivesim.training.pipeline_cli import build_fit_argv
+    from drivesim.utils.io import DriveSimInputError
+
+    data = tmp_path / "latents"
+    data.mkdir()
+    ae = tmp_path / "ae.safetensors"
+    ae.write_bytes(b"x")
+    argv = build_fit_argv("image_ldm", "tiny", str(data), tmp_path / "out", ae=str(ae))
+    assert argv[:3] == ["fit", "--config", "configs/image_ldm/tiny.yaml"]
+    assert argv[argv.index("--data.init_args.source") + 1] == "latents"
+    assert argv[argv.index("--model.init_args.autoencoder_path") + 1] == str(ae)
+    with pytest.raises(DriveSimInputError, match="--stage.*'imgae_ldm'"):
+        build_fit_argv("imgae_ldm", "tiny", str(data), tmp_path)
+    with pytest.raises(DriveSimInputError, match="--ae"):
+        build_fit_argv("image_ldm", "tiny", str(data), tmp_path)
+    with pytest.raises(DriveSimInputError, match="--init"):
+        build_fit_argv("video_ldm", "tiny", str(data), tmp_path, ae=str(ae))
+    with pytest.raises(DriveSimInputError, match="no huge config"):
+        build_fit_argv("image_ldm", "huge", str(data), tmp_path, ae=str(ae))
+    with pytest.raises(DriveSimInputError, match="missing.safetensors.*--init"):
+        build_fit_argv("video_ldm", "tiny", str(data), tmp_path, ae=str(ae),
+                       init=str(tmp_path / "missing.safetensors"))
