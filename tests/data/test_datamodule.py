@@ -207,7 +207,6 @@ class _Recorder(LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-@pytest.mark.slow
 def test_real_ddp_two_cpu_ranks_cover_the_epoch(tmp_path):
     root = make_dataset(tmp_path / "ds", n_clips=5, frames=30)
     dm = DriveDataModule(source="clips", root=str(root), frames=3, fps=5.0, height=16, width=16, batch_size=1)

@@ -128,7 +128,6 @@ def test_guidance_schedules():
         context_guidance_scales(6, 2, 1.5, "cosine")
 
 
-@pytest.mark.slow
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path, ckpts):
     """The real CLI killed from outside mid-way (the stand-in version in
     test_rollout_sigkill.py is the fast default test)."""

@@ -152,7 +152,6 @@ def test_flicker_metric(generator):
     assert float(flicker(noisy, x)) == pytest.approx(0.1 * 2 / 3, rel=1e-4)
 
 
-@pytest.mark.slow  # renders the world: ~20 s of CPU, minutes on a contended machine
 def test_fit_on_the_synthetic_world_lowers_the_loss(tmp_path):
     from drivesim.data.datamodule import DriveDataModule
 

@@ -54,7 +54,6 @@ def test_predict_writes_every_job_and_skips_existing(tmp_path):
     assert again[0]["status"] == "exists"  # nothing regenerated or overwritten
 
 
-@pytest.mark.slow
 def test_two_processes_generate_every_job_exactly_once(tmp_path):
     # 5 jobs on 2 ranks: a padding (repeating) sampler would generate one job twice
     results, _, _ = run_predict(tmp_path, 5, devices=2, strategy="ddp_spawn")
