@@ -16,6 +16,7 @@ STAGE ?= autoencoder
 SIZE ?= tiny
 FORCE ?= 0
 SECONDS ?= 120
+STEPS ?= 5
 
 .PHONY: help install test test-slow lint data train rollout eval demo bench clean
 
@@ -46,7 +47,7 @@ train: install ## one stage: STAGE=autoencoder|temporal_decoder|image_ldm|video_
 	$(DS) train --stage $(STAGE) --size $(SIZE) --data $(DATA) --out $(RUNS)/$(STAGE)-$(SIZE) $(if $(AE),--ae $(AE)) $(if $(INIT),--init $(INIT))
 
 rollout: install ## 2-minute day and night rollouts with the demo models
-	$(DS) rollout --preset demo --runs $(RUNS) --seconds $(SECONDS)
+	$(DS) rollout --preset demo --runs $(RUNS) --seconds $(SECONDS) --steps $(STEPS) --overwrite
 
 eval: install ## score the demo rollouts against the held-out synthetic clips (oracle metrics)
 	$(DS) eval --real $(RUNS)/demo/data --real-split val --fake $(RUNS)/rollouts/demo --metrics oracle --out $(RUNS)/demo/eval/report.json --overwrite

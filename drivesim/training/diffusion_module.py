@@ -136,7 +136,10 @@ class LatentDiffusionModule(LightningModule):
     @classmethod
     def from_checkpoint(cls, path: str | Path, autoencoder_path: str | None = None,
                         map_location: str | torch.device = "cpu") -> LatentDiffusionModule:
-        """Rebuild from a .ckpt of this module (weights_only load; no pickled code)."""
+        """Rebuild from a .ckpt of this module or from the ``ldm`` model file a fit exports
+        (weights_only / safetensors load; no pickled code)."""
+        if Path(path).suffix != ".ckpt":
+            return cls._from_model_file(path, autoencoder_path).to(map_location).eval()
         ckpt = _read_checkpoint(path)
         info = ckpt.get("drivesim_model", {})
         if info.get("kind") != UNET_KIND or "hyper_parameters" not in ckpt:
@@ -154,6 +157,20 @@ class LatentDiffusionModule(LightningModule):
         state = {k: v for k, v in ckpt["state_dict"].items() if k.startswith("unet.")}
         module.unet.load_state_dict({k[5:]: v for k, v in state.items()})
         return module.to(map_location).eval()
+
+    @classmethod
+    def _from_model_file(cls, path: str | Path, autoencoder_path: str | None) -> LatentDiffusionModule:
+        from drivesim.models.model_files import load_model_file
+
+        info, state = load_model_file(path, UNET_KIND)
+        sched = info.get("schedule", {})
+        module = cls(unet=UNet(**info["unet"]), stage=info.get("stage", "image"),
+                     autoencoder_path=autoencoder_path, prediction=info.get("prediction", "v"),
+                     num_train_steps=sched.get("num_steps", 1000), schedule=sched.get("kind", "linear"),
+                     beta_start=sched.get("beta_start", 0.0015), beta_end=sched.get("beta_end", 0.0195),
+                     latent_size=info.get("latent_size", (8, 16)))
+        module.unet.load_state_dict(state)
+        return module
 
     def model_hparams(self) -> dict[str, Any]:
         """Hyper-parameters of the ``ldm`` model file: everything a sampler needs."""

@@ -26,7 +26,8 @@ from drivesim.utils.io import DriveSimInputError, atomic_write_bytes, atomic_wri
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ckpt", required=True, help="LatentDiffusionModule checkpoint (.ckpt)")
+    parser.add_argument("--ckpt", required=True,
+                        help="LatentDiffusionModule checkpoint (.ckpt) or the exported model file")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--boxes", help="boxes.json (see the module docstring for the schema)")
     source.add_argument("--synthetic", type=int, metavar="SEED", help="boxes from the synthetic world")

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from drivesim.data.labels import CLASS_IDS, VEHICLE_CLASSES
-from drivesim.data.world import DrivingWorld, WorldConfig, WorldFrame
+from drivesim.data.world import DrivingWorld, WorldConfig, WorldFrame, draw_objects
 from drivesim.data.world.actors import Snapshot
-from drivesim.data.world.camera import cam_from_ego, intrinsics, project, transform
+from drivesim.data.world.camera import box_corners, cam_from_ego, intrinsics, project, transform
 from drivesim.data.world.labelling import label_scene
+from drivesim.data.world.palette import make_palette, shade_array
 from drivesim.data.world.render import Renderer
 from drivesim.data.world.road import LaneLayout, Road
 from drivesim.data.world.scene import build_scene
@@ -309,3 +310,50 @@ def test_road_is_below_the_horizon_and_vehicles_are_drawn_in_their_boxes():
         x1, y1, x2, y2 = (box * [256, 128, 256, 128]).astype(int)
         patch = f.rgb[y1:y2 + 1, x1:x2 + 1].astype(np.float64)
         assert patch.std() > 5  # a vehicle, not empty road
+
+
+def test_fast_geometry_helpers_equal_their_reference_formulas_bit_for_bit(monkeypatch):
+    """The renderer's hot helpers are written for speed (in-place ops, fewer temporaries);
+    they must give exactly what the plain formulas give, so frames and labels do not move."""
+    rng = np.random.default_rng(0)
+    K = intrinsics(128, 256, 90.0)
+    pts = rng.uniform(-30, 30, (50, 7, 3))
+    pts[..., 2] = rng.uniform(0.05, 150, (50, 7))
+    z = pts[..., 2]
+    ref = np.stack([K[0, 0] * pts[..., 0] / z + K[0, 2], K[1, 1] * pts[..., 1] / z + K[1, 2]], -1)
+    assert np.array_equal(project(K, pts), ref)
+    T = cam_from_ego(height=1.5, pitch_deg=3.0, forward=1.0)
+    assert np.array_equal(transform(T, pts), pts @ T[:3, :3].T + T[:3, 3])
+    centre, size, yaw = rng.uniform(-50, 50, (20, 3)), rng.uniform(0.2, 12, (20, 3)), rng.uniform(-4, 4, 20)
+    sx = np.array([-1, 1, 1, -1, -1, 1, 1, -1]) * 0.5
+    sy = np.array([-1, -1, 1, 1, -1, -1, 1, 1]) * 0.5
+    sz = np.array([-1, -1, -1, -1, 1, 1, 1, 1]) * 0.5
+    lx, ly = size[:, None, 0] * sx, size[:, None, 1] * sy
+    c, s = np.cos(yaw)[:, None], np.sin(yaw)[:, None]
+    ref = np.stack([centre[:, None, 0] + c * lx - s * ly, centre[:, None, 1] + s * lx + c * ly,
+                    centre[:, None, 2] + size[:, None, 2] * sz], -1)
+    assert np.array_equal(box_corners(centre, size, yaw), ref)
+    for night in (False, True):
+        pal = make_palette(night, "fog")
+        colours, dist = rng.uniform(0, 255, (30, 5, 3)), rng.uniform(0, 300, 30)
+        light = rng.uniform(0.5, 3.5, (30, 5))
+        f = (1.0 - np.exp(-dist / pal.fog_distance))[:, None, None]
+        ref = np.clip(colours * (light[..., None] * pal.ambient) * (1.0 - f) + np.asarray(pal.fog) * f,
+                      0, 255).astype(np.uint8)
+        assert np.array_equal(shade_array(pal, colours, dist[:, None], light), ref)
+    # the display list runs far to near, ties in depth by their order key, then as emitted
+    order: list = []
+    cmds = [(float(d), float(q), -1, None, None, None) for d, q in rng.integers(0, 4, (60, 2))]
+    expected = sorted(range(60), key=lambda i: (-cmds[i][0], cmds[i][1]))
+    cmds = [(d, q, op, i, b, c) for i, (d, q, op, _, b, c) in enumerate(cmds)]
+
+    class _Record:  # stands in for cv2: op -1 falls through to fillPoly, which logs the order
+        LINE_8 = LINE_AA = 0
+
+        @staticmethod
+        def fillPoly(img, index, *args):
+            order.append(index)
+
+    monkeypatch.setattr(draw_objects, "cv2", _Record)
+    draw_objects.execute(np.zeros((1, 1, 3), np.uint8), cmds)
+    assert order == expected

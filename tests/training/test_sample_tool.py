@@ -77,3 +77,15 @@ def test_bad_boxes_json(ckpt, tmp_path, frames, match):
     with pytest.raises(DriveSimInputError, match=match) as err:
         main(["sample", "--ckpt", str(ckpt), "--boxes", str(boxes), "--out", str(tmp_path / "o")])
     assert "boxes.json" in str(err.value)
+
+
+def test_exported_model_file_samples_the_same_images_as_the_checkpoint(ckpt, tmp_path):
+    from drivesim.training.checkpoints import export_model_file
+
+    model_file = export_model_file(ckpt, tmp_path / "image.safetensors", "ldm")
+    ae = str(ckpt.parent / "ae.pt")
+    base = ["sample", "--synthetic", "3", "--n", "2", "--steps", "2", "--autoencoder", ae]
+    assert main([*base, "--ckpt", str(ckpt), "--out", str(tmp_path / "a")]) == 0
+    assert main([*base, "--ckpt", str(model_file), "--out", str(tmp_path / "b")]) == 0
+    for name in ("sample_000.png", "sample_001.png"):
+        assert (cv2.imread(str(tmp_path / "a" / name)) == cv2.imread(str(tmp_path / "b" / name))).all()

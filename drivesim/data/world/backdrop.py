@@ -35,6 +35,7 @@ class Backdrop:
         fog = fog_factor(pal, self.ground_dist)[self.first_ground:]
         self.fog_a = np.round(256 * (1.0 - fog)).astype(np.uint16)[:, None, None]
         self.fog_b = np.round(256 * fog[:, None] * np.array(pal.fog)).astype(np.uint16)[:, None, :]
+        self._fog_buf: np.ndarray | None = None
         self.glow = self._headlight_glow(K, rot, cam_pos) if pal.night else None
         self.rain = self._rain_layers(seed) if weather == "rain" else None
 
@@ -94,7 +95,13 @@ class Backdrop:
     def apply_ground_fog(self, img: np.ndarray) -> None:
         """Blend terrain rows towards the fog colour by their ground distance (in place)."""
         g = img[self.first_ground:]
-        g[:] = ((g.astype(np.uint16) * self.fog_a + self.fog_b) >> 8).astype(np.uint8)
+        if self._fog_buf is None or self._fog_buf.shape != g.shape:
+            self._fog_buf = np.empty(g.shape, np.uint16)
+        buf = self._fog_buf  # (g * a + b) >> 8 in uint16, without temporaries
+        np.multiply(g, self.fog_a, out=buf)
+        buf += self.fog_b
+        buf >>= 8
+        np.copyto(g, buf, casting="unsafe")
 
     def _headlight_glow(self, K: np.ndarray, rot: np.ndarray, cam_pos: np.ndarray) -> np.ndarray:
         """Additive light of the ego's low beams on the road ahead (night)."""

@@ -62,15 +62,23 @@ def pose_matrix(x: float, y: float, yaw: float) -> np.ndarray:
 
 def transform(mat: np.ndarray, points: np.ndarray) -> np.ndarray:
     """Apply a [4, 4] rigid transform to points [..., 3]."""
-    return points @ mat[:3, :3].T + mat[:3, 3]
+    out = points @ mat[:3, :3].T
+    out += mat[:3, 3]
+    return out
 
 
 def project(K: np.ndarray, points_cam: np.ndarray) -> np.ndarray:
     """Pinhole projection [..., 3] -> [..., 2]: u = fx X / Z + cx, v = fy Y / Z + cy."""
-    z = points_cam[..., 2]
-    u = K[0, 0] * points_cam[..., 0] / z + K[0, 2]
-    v = K[1, 1] * points_cam[..., 1] / z + K[1, 2]
-    return np.stack([u, v], axis=-1)
+    # same operations in the same order as fx * X / Z + cx, but on both columns at once
+    uv = points_cam[..., :2] * K.diagonal()[:2]
+    uv /= points_cam[..., 2:3]
+    uv += K[:2, 2]
+    return uv
+
+
+_CORNER_SX = np.array([-1, 1, 1, -1, -1, 1, 1, -1], dtype=np.float64) * 0.5
+_CORNER_SY = np.array([-1, -1, 1, 1, -1, -1, 1, 1], dtype=np.float64) * 0.5
+_CORNER_SZ = np.array([-1, -1, -1, -1, 1, 1, 1, 1], dtype=np.float64) * 0.5
 
 
 def box_corners(centre: np.ndarray, size: np.ndarray, yaw: np.ndarray) -> np.ndarray:
@@ -79,16 +87,14 @@ def box_corners(centre: np.ndarray, size: np.ndarray, yaw: np.ndarray) -> np.nda
     Bottom corners 0-3 then top corners 4-7, each ring: rear-right, front-right,
     front-left, rear-left.
     """
-    sx = np.array([-1, 1, 1, -1, -1, 1, 1, -1], dtype=np.float64) * 0.5
-    sy = np.array([-1, -1, 1, 1, -1, -1, 1, 1], dtype=np.float64) * 0.5
-    sz = np.array([-1, -1, -1, -1, 1, 1, 1, 1], dtype=np.float64) * 0.5
-    lx = size[:, None, 0] * sx  # [N, 8] in the box frame
-    ly = size[:, None, 1] * sy
+    lx = size[:, None, 0] * _CORNER_SX  # [N, 8] in the box frame
+    ly = size[:, None, 1] * _CORNER_SY
     c, s = np.cos(yaw)[:, None], np.sin(yaw)[:, None]
-    x = centre[:, None, 0] + c * lx - s * ly
-    y = centre[:, None, 1] + s * lx + c * ly
-    z = centre[:, None, 2] + size[:, None, 2] * sz
-    return np.stack([x, y, z], axis=-1)
+    out = np.empty(lx.shape + (3,))
+    out[..., 0] = centre[:, None, 0] + c * lx - s * ly
+    out[..., 1] = centre[:, None, 1] + s * lx + c * ly
+    out[..., 2] = centre[:, None, 2] + size[:, None, 2] * _CORNER_SZ
+    return out
 
 
 def clip_box_to_near(corners_cam: np.ndarray, near: float) -> tuple[np.ndarray, np.ndarray]:

@@ -11,6 +11,7 @@ then fogged with distance (palette.shade_array).
 from __future__ import annotations
 
 import math
+from operator import itemgetter
 
 import cv2
 import numpy as np
@@ -48,12 +49,16 @@ _SKIN = ((224, 180, 150), (180, 130, 96), (120, 80, 56))
 
 
 def fixed(uv: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(np.round(uv * _ONE), dtype=np.int32)
+    return np.ascontiguousarray(np.rint(uv * _ONE), dtype=np.int32)  # rint == round(decimals=0)
+
+
+_depth_key, _seq_key = itemgetter(0), itemgetter(1)
 
 
 def execute(img: np.ndarray, cmds: list) -> None:
     """Run draw commands far to near; each is (depth, seq, op, a, b, c)."""
-    cmds.sort(key=lambda c: (-c[0], c[1]))
+    cmds.sort(key=_seq_key)                  # stable: equal depths keep seq order
+    cmds.sort(key=_depth_key, reverse=True)  # far to near (reverse keeps stability)
     for _, _, op, a, b, c in cmds:
         if op == POLY:
             cv2.fillConvexPoly(img, a, b, cv2.LINE_AA, SHIFT)
@@ -95,15 +100,17 @@ class ObjectPainter:
         on_screen = (hi[..., 0] > 0) & (lo[..., 0] < self.w) & (hi[..., 1] > 0) & (lo[..., 1] < self.h)
         all_ahead = ahead.all(-1)
         draw = facing & ahead.any(-1) & (on_screen | ~all_ahead)
-        for b, f in zip(*np.nonzero(draw)):
-            if all_ahead[b, f]:
+        depth_l, seq_l, all_ahead_l = depth.tolist(), seq.tolist(), all_ahead.tolist()
+        bi, fi = np.nonzero(draw)
+        for b, f in zip(bi.tolist(), fi.tolist()):
+            if all_ahead_l[b][f]:
                 poly = pts[b, f]
             else:
                 clipped = clip_polygon_to_near(quads[b, f], self.near)
                 if len(clipped) < 3:
                     continue
                 poly = fixed(project(self.K, clipped))
-            cmds.append((depth[b], seq[b], POLY, poly, cols[b][f], None))
+            cmds.append((depth_l[b], seq_l[b], POLY, poly, cols[b][f], None))
         return draw
 
     def lights(self, cmds: list, points_cam: np.ndarray, radius_m: float, colours: np.ndarray,
@@ -117,13 +124,16 @@ class ObjectPainter:
         r = self.K[0, 0] * radius_m / np.maximum(points_cam[:, 2], self.near)
         centres = fixed(uv).tolist()
         halo = np.broadcast_to(np.asarray(halo, dtype=np.float64), r.shape)
-        for k in np.flatnonzero(ok):
+        glow = np.asarray(colours * 0.45).astype(np.int64).tolist()  # int() truncates like astype
+        core = np.asarray(colours).astype(np.int64).tolist()
+        halo_l, r_l, depth_l, seq_l = halo.tolist(), r.tolist(), depth.tolist(), seq.tolist()
+        for k in np.flatnonzero(ok).tolist():
             centre = tuple(centres[k])
-            if halo[k] > 1.0:
-                cmds.append((depth[k], seq[k], CIRCLE, centre, int(max(r[k] * halo[k], 1.5) * _ONE),
-                             tuple(int(x) for x in colours[k] * 0.45)))
-            cmds.append((depth[k], seq[k] + 0.01, CIRCLE, centre, int(max(r[k], 0.7) * _ONE),
-                         tuple(int(x) for x in colours[k])))
+            if halo_l[k] > 1.0:
+                cmds.append((depth_l[k], seq_l[k], CIRCLE, centre, int(max(r_l[k] * halo_l[k], 1.5) * _ONE),
+                             tuple(glow[k])))
+            cmds.append((depth_l[k], seq_l[k] + 0.01, CIRCLE, centre, int(max(r_l[k], 0.7) * _ONE),
+                         tuple(core[k])))
 
     # ------------------------------------------------------------ vehicles
     def vehicles(self, cmds: list, scene: Scene, which: np.ndarray) -> tuple | None:
@@ -193,8 +203,9 @@ class ObjectPainter:
             return
         uv = fixed(project(self.K, np.stack([a_cam, b_cam], axis=1)[ok])).tolist()  # [m, 2, 2]
         t = np.clip(np.round(self.K[0, 0] * width_m / np.minimum(a_cam[ok, 2], b_cam[ok, 2])), 1, 64)
-        for k, j in enumerate(np.flatnonzero(ok)):
-            cmds.append((depth[j], seq, LINE, (tuple(uv[k][0]), tuple(uv[k][1])), int(t[k]), colours[j]))
+        depth_l = depth.tolist()
+        for (p, q), w, j in zip(uv, t.astype(np.int64).tolist(), np.flatnonzero(ok).tolist()):
+            cmds.append((depth_l[j], seq, LINE, (tuple(p), tuple(q)), w, colours[j]))
 
     def _trees(self, cmds: list, scene: Scene, idx: np.ndarray, depth: np.ndarray) -> None:
         if not len(idx):
@@ -216,11 +227,12 @@ class ObjectPainter:
         tri = fixed(np.stack([top, uv + np.stack([-rp, 1.6 * rp], -1), uv + np.stack([rp, 1.6 * rp], -1)], 1))
         centres, radii = fixed(uv).tolist(), (np.maximum(rp, 0.6) * _ONE).astype(int).tolist()
         crown_col = shade_array(self.pal, TREE_COLOURS[(tint * 97).astype(int) % len(TREE_COLOURS)], d, 1.0).tolist()
-        for k in np.flatnonzero(ok):
-            if tint[k] < 0.3:  # conifer: a tall triangle
-                cmds.append((d[k], 1, POLY, tri[k], tuple(crown_col[k]), None))
+        d_l, conifer = d.tolist(), (tint < 0.3).tolist()
+        for k in np.flatnonzero(ok).tolist():
+            if conifer[k]:  # a tall triangle
+                cmds.append((d_l[k], 1, POLY, tri[k], tuple(crown_col[k]), None))
             else:
-                cmds.append((d[k], 1, CIRCLE, tuple(centres[k]), radii[k], tuple(crown_col[k])))
+                cmds.append((d_l[k], 1, CIRCLE, tuple(centres[k]), radii[k], tuple(crown_col[k])))
 
     def _poles(self, cmds: list, scene: Scene, idx: np.ndarray, depth: np.ndarray) -> None:
         """Utility poles (with a cross bar) and street lights (arm over the road, lamp head)."""
@@ -278,13 +290,19 @@ class ObjectPainter:
             key = key + np.arange(_MAX_FLOORS)[:, None] * 4.581 + np.arange(_MAX_COLS) * 9.173
             lit = np.modf(np.abs(np.sin(key)) * 43758.5453)[0] < 0.35
         day_col = tuple(shade_array(self.pal, np.array(self.pal.glass)[None], depth[rows], 1.3).tolist())
-        for k in np.flatnonzero(ok):
-            if self.pal.night:
-                for sel, colour in ((mask[k] & ~lit[k], (14, 15, 20)), (mask[k] & lit[k], (250, 204, 120))):
-                    if sel.any():
-                        cmds.append((depth[rows[k]], 0.5, POLYS, list(polys[k][sel]), colour, None))
-            else:
-                cmds.append((depth[rows[k]], 0.5, POLYS, list(polys[k][mask[k]]), tuple(day_col[k]), None))
+        face_depth = depth[rows].tolist()
+        # an [m, 4, 2] int32 array is a list of m quads to cv2.fillPoly (no per-quad views)
+        if self.pal.night:
+            dark, bright = mask & ~lit, mask & lit
+            has_dark, has_bright = dark.any(axis=(1, 2)).tolist(), bright.any(axis=(1, 2)).tolist()
+            for k in np.flatnonzero(ok).tolist():
+                if has_dark[k]:
+                    cmds.append((face_depth[k], 0.5, POLYS, polys[k][dark[k]], (14, 15, 20), None))
+                if has_bright[k]:
+                    cmds.append((face_depth[k], 0.5, POLYS, polys[k][bright[k]], (250, 204, 120), None))
+        else:
+            for k in np.flatnonzero(ok).tolist():
+                cmds.append((face_depth[k], 0.5, POLYS, polys[k][mask[k]], tuple(day_col[k]), None))
 
 
 _MAX_COLS, _MAX_FLOORS = 5, 9

@@ -33,7 +33,7 @@ class Labels:
 
 
 def _fixed(points: np.ndarray) -> np.ndarray:
-    return np.round(points * (1 << _SHIFT)).astype(np.int32)
+    return np.rint(points * (1 << _SHIFT)).astype(np.int32)  # rint == round(decimals=0)
 
 
 def _hull(points_uv: np.ndarray, sx: float, sy: float) -> np.ndarray | None:
@@ -71,8 +71,8 @@ def label_scene(scene: Scene, height: int, width: int, near: float, min_box_pixe
     n = len(uv)
     valid = np.isfinite(uv[..., 0]).any(axis=1)
     with np.errstate(all="ignore"):
-        lo = np.where(valid[:, None], np.nanmin(np.where(valid[:, None, None], uv, 0.0), axis=1), 0.0)
-        hi = np.where(valid[:, None], np.nanmax(np.where(valid[:, None, None], uv, 0.0), axis=1), 0.0)
+        lo = np.where(valid[:, None], np.fmin.reduce(np.where(valid[:, None, None], uv, 0.0), axis=1), 0.0)
+        hi = np.where(valid[:, None], np.fmax.reduce(np.where(valid[:, None, None], uv, 0.0), axis=1), 0.0)
     lo_c = np.clip(lo, 0.0, [width, height])
     hi_c = np.clip(hi, 0.0, [width, height])
     size_c = hi_c - lo_c
@@ -114,8 +114,8 @@ def _unoccluded_fraction(scene: Scene, keep: np.ndarray, lo: np.ndarray, hi: np.
     depth = np.concatenate([scene.distance, occ_depth])
     valid = np.isfinite(uv[..., 0]).sum(axis=1) >= 3
     with np.errstate(all="ignore"):
-        a_lo = np.nanmin(np.where(valid[:, None, None], uv, 0.0), axis=1)
-        a_hi = np.nanmax(np.where(valid[:, None, None], uv, 0.0), axis=1)
+        a_lo = np.fmin.reduce(np.where(valid[:, None, None], uv, 0.0), axis=1)
+        a_hi = np.fmax.reduce(np.where(valid[:, None, None], uv, 0.0), axis=1)
     # overlap[i, j]: item j is nearer than kept vehicle i and their boxes intersect
     overlap = (depth[None, :] < depth[:n, None]) & valid[None, :] & keep[:, None]
     overlap &= (a_hi[None, :, 0] > lo[:, None, 0]) & (a_lo[None, :, 0] < hi[:, None, 0])

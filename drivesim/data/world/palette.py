@@ -79,4 +79,7 @@ def shade_array(pal: Palette, colours: np.ndarray, distance: np.ndarray | float,
     """
     f = fog_factor(pal, distance)[..., None]
     c = np.asarray(colours, dtype=np.float64) * (np.asarray(light, dtype=np.float64)[..., None] * pal.ambient)
-    return np.clip(c * (1.0 - f) + np.asarray(pal.fog) * f, 0, 255).astype(np.uint8)
+    c = c * (1.0 - f)  # broadcasts colours, light and distance
+    c += np.asarray(pal.fog) * f
+    # clip to [0, 255] (maximum/minimum ufuncs skip np.clip's Python-level dispatch)
+    return np.minimum(np.maximum(c, 0, out=c), 255, out=c).astype(np.uint8)

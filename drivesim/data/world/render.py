@@ -47,6 +47,17 @@ class Renderer:
             (left + _ASPHALT_MARGIN, left + _ASPHALT_MARGIN + _SHOULDER_W, self.pal.shoulder),
             (r - _ASPHALT_MARGIN, left + _ASPHALT_MARGIN, self.pal.asphalt),
         ]
+        # per-frame constants of the road pass
+        offsets = [v for lo, hi, _ in self.strips for v in (lo, hi)]
+        offsets += [v for d, _ in self.solid for v in (d - _MARK_W / 2, d + _MARK_W / 2)]
+        self._offsets = np.array(offsets)
+        n_strip = len(self.strips)
+        pairs = [(2 * k, 2 * k + 1) for k in range(n_strip + len(self.solid))]
+        self._strip_pairs, self._mark_pairs = pairs[:n_strip], pairs[n_strip:]
+        self._all_rows, self._mark_rows = np.ones(len(_S_AHEAD), dtype=bool), _S_AHEAD <= 130.0
+        self._strip_colours = [tuple(int(c) for c in colour) for _, _, colour in self.strips]
+        self._white, self._yellow = (tuple(int(c) for c in self.pal.white), tuple(int(c) for c in self.pal.yellow))
+        self._dash_offs = np.array([v for d in self.dashed for v in (d - _MARK_W / 2, d + _MARK_W / 2)])
 
     def render(self, scene: Scene, index: int) -> np.ndarray:
         """RGB uint8 [H, W, 3] of ``scene``; ``index`` picks the rain layer."""
@@ -75,8 +86,8 @@ class Renderer:
         uv = scene.hull_uv
         valid = np.isfinite(uv[..., 0]).any(axis=1)
         with np.errstate(all="ignore"):
-            lo = np.nanmin(np.where(valid[:, None, None], uv, 0.0), axis=1)
-            hi = np.nanmax(np.where(valid[:, None, None], uv, 0.0), axis=1)
+            lo = np.fmin.reduce(np.where(valid[:, None, None], uv, 0.0), axis=1)
+            hi = np.fmax.reduce(np.where(valid[:, None, None], uv, 0.0), axis=1)
         ok = valid & (hi[:, 0] > 0) & (lo[:, 0] < self.cfg.width) & (hi[:, 1] > 0) & (lo[:, 1] < self.cfg.height)
         return np.flatnonzero(ok)
 
@@ -89,15 +100,19 @@ class Renderer:
         pts = np.stack([px, py, np.zeros_like(px)], axis=-1)
         return transform(scene.cam_from_world, pts)
 
-    def _strips(self, pts: np.ndarray, pairs: list[tuple[int, int]], rows: np.ndarray) -> list:
+    def _project_ground(self, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """In-front mask [S, D] and fixed-point image points [S, D, 2] of pts [S, D, 3]."""
+        ok = pts[..., 2] >= self.near
+        return ok, fixed(project(self.K, np.where(ok[..., None], pts, [0.0, 0.0, 1.0])))
+
+    @staticmethod
+    def _strips(ok: np.ndarray, uv: np.ndarray, pairs: list[tuple[int, int]], rows: np.ndarray) -> list:
         """Polygons between offset columns (i, j) over sample ``rows``, keeping rows in front
-        of the near plane; None where fewer than two rows remain. pts [S, D, 3]."""
-        ok = pts[..., 2] >= self.near                                          # [S, D]
-        uv = fixed(project(self.K, np.where(ok[..., None], pts, [0.0, 0.0, 1.0])))  # [S, D, 2]
+        of the near plane (``ok``); None where fewer than two rows remain. uv [S, D, 2]."""
         out = []
         for i, j in pairs:
             keep = ok[:, i] & ok[:, j] & rows
-            if keep.sum() < 2:
+            if np.count_nonzero(keep) < 2:
                 out.append(None)
             else:
                 out.append(np.ascontiguousarray(np.concatenate([uv[keep, i], uv[keep, j][::-1]])))
@@ -106,18 +121,15 @@ class Renderer:
     def _road(self, img: np.ndarray, scene: Scene) -> None:
         """Shoulders, asphalt, (night) lamp pools, painted lines, (day) contact shadows."""
         s = scene.ego_s + _S_AHEAD
-        offsets = [v for lo, hi, _ in self.strips for v in (lo, hi)]
-        offsets += [v for d, _ in self.solid for v in (d - _MARK_W / 2, d + _MARK_W / 2)]
-        pts = self._ground_points(scene, s, np.array(offsets))
+        pts = self._ground_points(scene, s, self._offsets)
         n_strip = len(self.strips)
-        pairs = [(2 * k, 2 * k + 1) for k in range(n_strip + len(self.solid))]
-        rows = np.ones(len(s), dtype=bool)
-        polys = self._strips(pts, pairs[:n_strip], rows)
-        polys += self._strips(pts, pairs[n_strip:], _S_AHEAD <= 130.0)
+        ok, uv = self._project_ground(pts)
+        polys = self._strips(ok, uv, self._strip_pairs, self._all_rows)
+        polys += self._strips(ok, uv, self._mark_pairs, self._mark_rows)
         by_colour: dict[tuple, list] = {}
-        for (_, _, colour), poly in zip(self.strips, polys[:n_strip]):
+        for colour, poly in zip(self._strip_colours, polys[:n_strip]):
             if poly is not None:
-                by_colour.setdefault(tuple(int(c) for c in colour), []).append(poly)
+                by_colour.setdefault(colour, []).append(poly)
         for colour, group in by_colour.items():
             cv2.fillPoly(img, group, colour, cv2.LINE_AA, SHIFT)
         if self.pal.night:
@@ -126,9 +138,9 @@ class Renderer:
         for (_, colour), poly in zip(self.solid, polys[n_strip:]):
             if poly is not None:
                 (yellow if colour == "yellow" else white).append(poly)
-        for polys, colour in ((white, self.pal.white), (yellow, self.pal.yellow)):
+        for polys, colour in ((white, self._white), (yellow, self._yellow)):
             if polys:
-                cv2.fillPoly(img, polys, tuple(int(c) for c in colour), cv2.LINE_AA, SHIFT)
+                cv2.fillPoly(img, polys, colour, cv2.LINE_AA, SHIFT)
         if not self.pal.night:
             self._shadows(img, scene)
 
@@ -148,8 +160,7 @@ class Renderer:
         first = math.floor((scene.ego_s - _DASH) / _PERIOD)
         starts = (first + np.arange(int(120.0 / _PERIOD) + 2)) * _PERIOD
         s = np.stack([starts, starts + _DASH], axis=1).ravel()          # [2K]
-        offs = np.array([v for d in self.dashed for v in (d - _MARK_W / 2, d + _MARK_W / 2)])
-        pts = self._ground_points(scene, s, offs).reshape(len(starts), 2, len(self.dashed), 2, 3)
+        pts = self._ground_points(scene, s, self._dash_offs).reshape(len(starts), 2, len(self.dashed), 2, 3)
         # quad corners: (start, left), (end, left), (end, right), (start, right) -> [K, M, 4, 3]
         quads = np.stack([pts[:, 0, :, 0], pts[:, 1, :, 0], pts[:, 1, :, 1], pts[:, 0, :, 1]], axis=2)
         return self._ground_polys(quads.reshape(-1, 4, 3))
