@@ -70,6 +70,7 @@ def label_scene(scene: Scene, height: int, width: int, near: float, min_box_pixe
     uv = scene.hull_uv  # [N, 20, 2]
     n = len(uv)
     valid = np.isfinite(uv[..., 0]).any(axis=1)
+    # np.fmin/fmax.reduce skip NaN exactly as np.nanmin/nanmax (which call them), minus the overhead
     with np.errstate(all="ignore"):
         lo = np.where(valid[:, None], np.fmin.reduce(np.where(valid[:, None, None], uv, 0.0), axis=1), 0.0)
         hi = np.where(valid[:, None], np.fmax.reduce(np.where(valid[:, None, None], uv, 0.0), axis=1), 0.0)
