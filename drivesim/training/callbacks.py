@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,7 +29,20 @@ def _loss_values(outputs: Any) -> dict[str, float]:
     return {}
 
 
-class FiniteLossGuard(Callback):
+class _BatchStepCallback(Callback):
+    """Remembers the global step a training batch ran under: optimizers increment
+    ``global_step`` before ``on_train_batch_end``, and manual optimisation with two optimizers
+    increments it twice, so the end-of-batch value is not the step the batch was logged at."""
+
+    def __init__(self) -> None:
+        self._step_at_start = 0
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        self._step_at_start = trainer.global_step
+
+
+class FiniteLossGuard(_BatchStepCallback):
     """Stop training on a NaN/Inf loss, naming the step, before any checkpoint is written.
 
     Runs in ``on_train_batch_end``, which Lightning calls before ``ModelCheckpoint`` saves
@@ -35,15 +50,6 @@ class FiniteLossGuard(Callback):
     good one. The exception propagates out of ``trainer.fit``; Lightning does not save on
     an exception.
     """
-
-    def __init__(self) -> None:
-        self._step_at_start = 0
-
-    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any,
-                             batch_idx: int) -> None:
-        # The step the batch was logged under (optimizers increment global_step before
-        # on_train_batch_end runs).
-        self._step_at_start = trainer.global_step
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
@@ -57,7 +63,7 @@ class FiniteLossGuard(Callback):
                     f"enable gradient clipping, or check the data of this batch.")
 
 
-class LossRecorder(Callback):
+class LossRecorder(_BatchStepCallback):
     """Append every training step's losses (and the clip ids it saw) to a JSON-lines file.
 
     One file per rank (``{path}.rank{r}.jsonl``), flushed per line so a killed run keeps what
@@ -65,18 +71,11 @@ class LossRecorder(Callback):
     """
 
     def __init__(self, path: str) -> None:
+        super().__init__()
         self.path = path
-        self._step_at_start = 0
-
-    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any,
-                             batch_idx: int) -> None:
-        self._step_at_start = trainer.global_step
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
-        import json
-        from pathlib import Path
-
         record = {"step": self._step_at_start, "epoch": trainer.current_epoch,
                   "rank": trainer.global_rank, **_loss_values(outputs)}
         if isinstance(batch, Mapping) and "clip_id" in batch:
