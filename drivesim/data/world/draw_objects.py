@@ -36,7 +36,7 @@ from .palette import (
     shade_array,
 )
 from .scene import Scene
-from .scenery import BUILDING, LAMP, POLE, TREE
+from .scenery import BUILDING, LAMP, POLE, TREE, Objects
 
 SHIFT = 4
 _ONE = 1 << SHIFT
@@ -73,17 +73,19 @@ def execute(img: np.ndarray, cmds: list) -> None:
 class ObjectPainter:
     def __init__(self, K: np.ndarray, near: float, pal: Palette, height: int, width: int) -> None:
         self.K, self.near, self.pal, self.h, self.w = K, near, pal, height, width
+        self._static: tuple[Objects, dict[str, np.ndarray]] | None = None  # per-Objects arrays
 
     # ------------------------------------------------------------ boxes
-    def boxes(self, cmds: list, cam_from_world: np.ndarray, centre: np.ndarray, size: np.ndarray,
+    def boxes(self, cmds: list, cam_from_world: np.ndarray, corners_world: np.ndarray,
               yaw: np.ndarray, colours: np.ndarray, light: np.ndarray, dist: np.ndarray,
               depth: np.ndarray, seq: np.ndarray) -> np.ndarray:
         """Emit the camera-facing faces of B boxes; returns the visible-face mask [B, 5].
 
-        colours [B, 5, 3] base RGB per face (front, back, left, right, top); light, dist,
-        depth, seq [B]: light multiplier, fog distance, painter depth and order key.
+        corners_world [B, 8, 3] (``box_corners``), yaw [B]; colours [B, 5, 3] base RGB per
+        face (front, back, left, right, top); light, dist, depth, seq [B]: light multiplier,
+        fog distance, painter depth and order key.
         """
-        corners = transform(cam_from_world, box_corners(centre, size, yaw))  # [B, 8, 3]
+        corners = transform(cam_from_world, corners_world)                  # [B, 8, 3]
         quads = corners[:, BOX_FACES]                                        # [B, 5, 4, 3]
         c, s = np.cos(yaw)[:, None], np.sin(yaw)[:, None]
         nx, ny = BOX_FACE_NORMALS[None, :, 0], BOX_FACE_NORMALS[None, :, 1]
@@ -162,7 +164,7 @@ class ObjectPainter:
                         lights.append((x + fx * a - fy * b, y + fy * a + fx * b, zl, sign, depth))
         arr = np.array(rows)
         light = _night_light(scene)[arr[:, 9].astype(int)] if pal.night else np.ones(len(arr))
-        batch = (arr[:, 0:3], arr[:, 3:6], arr[:, 6], np.array(cols, dtype=np.float64), light,
+        batch = (box_corners(arr[:, 0:3], arr[:, 3:6], arr[:, 6]), arr[:, 6], np.array(cols, dtype=np.float64), light,
                  arr[:, 7], arr[:, 7], arr[:, 8])
         if lights:
             la = np.array(lights)
@@ -183,46 +185,66 @@ class ObjectPainter:
         obj = scene.objects
         depth = np.linalg.norm(scene.obj_centre_cam, axis=-1)
         b = which[obj.kind[which] == BUILDING]
-        facade = FACADE_COLOURS[(obj.tint[b] * 61).astype(int) % len(FACADE_COLOURS)]
-        cols = np.concatenate([np.repeat(facade[:, None], 4, 1), 0.7 * facade[:, None]], axis=1)
-        batch = [scene.obj_centre_world[b], obj.size[b], scene.obj_yaw[b], cols.reshape(-1, 5, 3),
+        batch = [scene.obj_corners_world[b], scene.obj_yaw[b], self._facades(obj)[b],
                  np.ones(len(b)), depth[b], depth[b], np.zeros(len(b))]
         if vehicle_boxes is not None:
             batch = [np.concatenate([x, y]) for x, y in zip(batch, vehicle_boxes)]
         if len(batch[0]):
             drawn = self.boxes(cmds, scene.cam_from_world, *batch)
             self._windows(cmds, scene, b, drawn[:len(b)], depth[b], seed)
-        self._trees(cmds, scene, which[obj.kind[which] == TREE], depth)
-        self._poles(cmds, scene, which[(obj.kind[which] == POLE) | (obj.kind[which] == LAMP)], depth)
+        kind = obj.kind[which]
+        self._trees_and_poles(cmds, scene, which[kind == TREE], which[(kind == POLE) | (kind == LAMP)], depth)
 
-    def lines(self, cmds: list, a_cam: np.ndarray, b_cam: np.ndarray, width_m: float,
+    def lines(self, cmds: list, a_cam: np.ndarray, b_cam: np.ndarray, width_m: float | np.ndarray,
               colours: list, depth: np.ndarray, seq: float) -> None:
-        """Segments [n] between camera points, as thick as ``width_m`` at their nearer end."""
+        """Segments [n] between camera points, as thick as ``width_m`` (scalar or [n]) at
+        their nearer end."""
         ok = (a_cam[:, 2] >= self.near) & (b_cam[:, 2] >= self.near)
         if not ok.any():
             return
         uv = fixed(project(self.K, np.stack([a_cam, b_cam], axis=1)[ok])).tolist()  # [m, 2, 2]
-        t = np.clip(np.round(self.K[0, 0] * width_m / np.minimum(a_cam[ok, 2], b_cam[ok, 2])), 1, 64)
+        width = np.broadcast_to(np.asarray(width_m, dtype=np.float64), ok.shape)[ok]
+        t = np.clip(np.round(self.K[0, 0] * width / np.minimum(a_cam[ok, 2], b_cam[ok, 2])), 1, 64)
         depth_l = depth.tolist()
         for (p, q), w, j in zip(uv, t.astype(np.int64).tolist(), np.flatnonzero(ok).tolist()):
             cmds.append((depth_l[j], seq, LINE, (tuple(p), tuple(q)), w, colours[j]))
 
-    def _trees(self, cmds: list, scene: Scene, idx: np.ndarray, depth: np.ndarray) -> None:
-        if not len(idx):
+    def _trees_and_poles(self, cmds: list, scene: Scene, trees: np.ndarray, poles: np.ndarray,
+                         depth: np.ndarray) -> None:
+        """Trees (trunk and crown), utility poles (with a cross bar) and street lights (arm
+        over the road, lamp head) in one pass: one transform, one shading and one line pass
+        for trunks and poles."""
+        if not len(trees) and not len(poles):
             return
-        obj = scene.objects
-        c_w, d = scene.obj_centre_world[idx], depth[idx]
-        h, r, tint = obj.size[idx, 2], 0.5 * obj.size[idx, 1], obj.tint[idx]
+        n, pal = len(trees), self.pal
+        c_w, h = scene.obj_centre_world[trees], scene.objects.size[trees, 2]
         heights = np.stack([0 * h, 0.6 * h, h], -1)                                     # [n, 3]
-        pts = np.concatenate([np.repeat(c_w[:, None, :2], 3, 1), heights[..., None]], -1)
-        cam = transform(scene.cam_from_world, pts)                                      # ground, trunk top, top
-        trunk_col = [tuple(c) for c in shade_array(self.pal, np.array(self.pal.trunk)[None], d, 1.0).tolist()]
-        self.lines(cmds, cam[:, 0], cam[:, 1], 0.3, trunk_col, d, 0)
+        tree_pts = np.concatenate([np.repeat(c_w[:, None, :2], 3, 1), heights[..., None]], -1)
+        pole_pts, lamp = self._pole_points(scene, poles)                                # [m, 5, 3]
+        cam = transform(scene.cam_from_world, np.concatenate([tree_pts.reshape(-1, 3), pole_pts.reshape(-1, 3)]))
+        cam_t, cam_p = cam[:3 * n].reshape(n, 3, 3), cam[3 * n:].reshape(-1, 5, 3)  # ground, trunk top, top
+        d = depth[np.concatenate([trees, poles])]
+        base = np.concatenate([np.repeat(np.array(pal.trunk, np.float64)[None], n, 0),
+                               np.repeat(np.array(pal.pole, np.float64)[None], len(poles), 0)])
+        colours = [tuple(c) for c in shade_array(pal, base, d, 1.0).tolist()]
+        width = np.concatenate([np.full(n, 0.3), np.full(len(poles), 0.22)])
+        self.lines(cmds, np.concatenate([cam_t[:, 0], cam_p[:, 0]]), np.concatenate([cam_t[:, 1], cam_p[:, 1]]),
+                   width, colours, d, 0)
+        if n:
+            self._crowns(cmds, scene, trees, cam_t[:, 2], d[:n])
+        if len(poles):
+            self.lines(cmds, cam_p[:, 2], cam_p[:, 3], 0.13, colours[n:], d[n:], 1)
+            self._lamp_heads(cmds, cam_p[lamp, 4], d[n:][lamp])
+
+    def _crowns(self, cmds: list, scene: Scene, idx: np.ndarray, top_cam: np.ndarray, d: np.ndarray) -> None:
+        """Tree crowns: a tall triangle (conifers) or a disc, around the object centre."""
+        obj = scene.objects
+        r, tint = 0.5 * obj.size[idx, 1], obj.tint[idx]
         crown = scene.obj_centre_cam[idx]
         ok = crown[:, 2] >= self.near + r
         z = np.where(ok, crown[:, 2], 1.0)
         uv = project(self.K, np.where(ok[:, None], crown, [0.0, 0.0, 1.0]))
-        top = project(self.K, np.where(ok[:, None], cam[:, 2], [0.0, 0.0, 1.0]))
+        top = project(self.K, np.where(ok[:, None], top_cam, [0.0, 0.0, 1.0]))
         rp = self.K[0, 0] * r / z
         tri = fixed(np.stack([top, uv + np.stack([-rp, 1.6 * rp], -1), uv + np.stack([rp, 1.6 * rp], -1)], 1))
         centres, radii = fixed(uv).tolist(), (np.maximum(rp, 0.6) * _ONE).astype(int).tolist()
@@ -234,12 +256,12 @@ class ObjectPainter:
             else:
                 cmds.append((d_l[k], 1, CIRCLE, tuple(centres[k]), radii[k], tuple(crown_col[k])))
 
-    def _poles(self, cmds: list, scene: Scene, idx: np.ndarray, depth: np.ndarray) -> None:
-        """Utility poles (with a cross bar) and street lights (arm over the road, lamp head)."""
-        if not len(idx):
-            return
-        obj, pal = scene.objects, self.pal
-        c_w, h, yaw, d = scene.obj_centre_world[idx], obj.size[idx, 2], scene.obj_yaw[idx], depth[idx]
+    @staticmethod
+    def _pole_points(scene: Scene, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """World points [m, 5, 3] of poles/lamps (ground, top, bar or arm ends, lamp head)
+        and the street-light mask [m]."""
+        obj = scene.objects
+        c_w, h, yaw = scene.obj_centre_world[idx], obj.size[idx, 2], scene.obj_yaw[idx]
         across = np.stack([-np.sin(yaw), np.cos(yaw), 0 * yaw], -1)
         ground = np.stack([c_w[:, 0], c_w[:, 1], 0 * h], -1)
         top = ground + np.stack([0 * h, 0 * h, h], -1)
@@ -248,17 +270,17 @@ class ObjectPainter:
         down = np.array([0.0, 0.0, 0.6])
         a = np.where(lamp[:, None], top, top - 0.9 * across - down)  # arm or cross bar
         b = np.where(lamp[:, None], head, top + 0.9 * across - down)
-        cam = transform(scene.cam_from_world, np.stack([ground, top, a, b, head - 0.25 * down], 1))
-        colours = [tuple(c) for c in shade_array(pal, np.array(pal.pole)[None], d, 1.0).tolist()]
-        self.lines(cmds, cam[:, 0], cam[:, 1], 0.22, colours, d, 0)
-        self.lines(cmds, cam[:, 2], cam[:, 3], 0.13, colours, d, 1)
-        if lamp.any():
-            if pal.night:
-                glow = np.repeat(_LAMP[None], lamp.sum(), 0)
-            else:
-                glow = shade_array(pal, np.array([[200.0, 200, 190]]), d[lamp], 1.0).astype(np.float64)
-            self.lights(cmds, cam[lamp, 4], 0.3 if pal.night else 0.22, glow, 3.0 if pal.night else 0.0,
-                        d[lamp], np.full(lamp.sum(), 2.0))
+        return np.stack([ground, top, a, b, head - 0.25 * down], 1), lamp
+
+    def _lamp_heads(self, cmds: list, head_cam: np.ndarray, d: np.ndarray) -> None:
+        if not len(d):
+            return
+        if self.pal.night:
+            glow = np.repeat(_LAMP[None], len(d), 0)
+        else:
+            glow = shade_array(self.pal, np.array([[200.0, 200, 190]]), d, 1.0).astype(np.float64)
+        self.lights(cmds, head_cam, 0.3 if self.pal.night else 0.22, glow, 3.0 if self.pal.night else 0.0,
+                    d, np.full(len(d), 2.0))
 
     def _windows(self, cmds: list, scene: Scene, b: np.ndarray, drawn: np.ndarray, depth: np.ndarray,
                  seed: int) -> None:
@@ -271,38 +293,70 @@ class ObjectPainter:
             return
         rows, f = faces[:, 0], faces[:, 1]
         j = b[rows]
-        corners = transform(scene.cam_from_world, box_corners(
-            scene.obj_centre_world[j], obj.size[j], scene.obj_yaw[j]))
+        corners = transform(scene.cam_from_world, scene.obj_corners_world[j])
         quad = corners[np.arange(len(j))[:, None], BOX_FACES[f]]              # [F, 4, 3]
         ok = (quad[..., 2] >= self.near).all(axis=1)
         q = project(self.K, np.where(ok[:, None, None], quad, [0.0, 0.0, 1.0]))  # [F, 4, 2]
         ok &= (np.ptp(q[..., 0], axis=1) >= 12) & (np.ptp(q[..., 1], axis=1) >= 10)
         if not ok.any():
             return
-        span = np.where(f < 2, obj.size[j, 1], obj.size[j, 0])  # front/back faces span the width
-        nx = np.clip((span / 3.2).astype(int), 1, _MAX_COLS)
-        ny = np.clip((obj.size[j, 2] / 3.2).astype(int), 1, _MAX_FLOORS)
-        polys = _window_grid(q, nx, ny)                          # [F, floors, cols, 4, 2]
-        mask = (np.arange(_MAX_FLOORS)[None, :, None] < ny[:, None, None]) & (
-            np.arange(_MAX_COLS)[None, None, :] < nx[:, None, None])
-        if self.pal.night:  # a stable pseudo-random third of the windows is lit (hash of place)
-            key = (obj.s[j] * 12.9898 + obj.d[j] * 78.233 + f * 37.719 + seed * 0.618)[:, None, None]
-            key = key + np.arange(_MAX_FLOORS)[:, None] * 4.581 + np.arange(_MAX_COLS) * 9.173
-            lit = np.modf(np.abs(np.sin(key)) * 43758.5453)[0] < 0.35
+        grid = self._window_layout(obj, seed)
+        polys = _window_grid(q, grid["nx"][j, f], grid["ny"][j])  # [F, floors, cols, 4, 2]
         day_col = tuple(shade_array(self.pal, np.array(self.pal.glass)[None], depth[rows], 1.3).tolist())
         face_depth = depth[rows].tolist()
         # an [m, 4, 2] int32 array is a list of m quads to cv2.fillPoly (no per-quad views)
         if self.pal.night:
-            dark, bright = mask & ~lit, mask & lit
-            has_dark, has_bright = dark.any(axis=(1, 2)).tolist(), bright.any(axis=(1, 2)).tolist()
+            dark, bright = grid["dark"][j, f], grid["bright"][j, f]
+            has_dark, has_bright = grid["has_dark"][j, f].tolist(), grid["has_bright"][j, f].tolist()
             for k in np.flatnonzero(ok).tolist():
                 if has_dark[k]:
                     cmds.append((face_depth[k], 0.5, POLYS, polys[k][dark[k]], (14, 15, 20), None))
                 if has_bright[k]:
                     cmds.append((face_depth[k], 0.5, POLYS, polys[k][bright[k]], (250, 204, 120), None))
         else:
+            mask = grid["mask"][j, f]
             for k in np.flatnonzero(ok).tolist():
                 cmds.append((face_depth[k], 0.5, POLYS, polys[k][mask[k]], tuple(day_col[k]), None))
+
+
+    def _window_layout(self, obj: Objects, seed: int) -> dict[str, np.ndarray]:
+        """Window grid of every object as a building, per wall face (front, back, left,
+        right): columns ``nx`` [N, 4], floors ``ny`` [N], ``mask`` [N, 4, floors, cols] of the
+        windows that exist and, at night, which are ``dark`` or ``bright`` (a stable
+        pseudo-random third is lit, a hash of place) and whether a face has any of each."""
+        store = self._store(obj)
+        if "mask" in store:
+            return store
+        f = np.arange(4)[None, :]
+        span = np.where(f < 2, obj.size[:, 1:2], obj.size[:, 0:1])  # front/back faces span the width
+        nx = np.clip((span / 3.2).astype(int), 1, _MAX_COLS)
+        ny = np.clip((obj.size[:, 2] / 3.2).astype(int), 1, _MAX_FLOORS)
+        mask = (np.arange(_MAX_FLOORS)[:, None] < ny[:, None, None, None]) & (
+            np.arange(_MAX_COLS) < nx[..., None, None])
+        store.update(nx=nx, ny=ny, mask=mask)
+        if self.pal.night:
+            key = (obj.s[:, None] * 12.9898 + obj.d[:, None] * 78.233 + f * 37.719 + seed * 0.618)[..., None, None]
+            key = key + np.arange(_MAX_FLOORS)[:, None] * 4.581 + np.arange(_MAX_COLS) * 9.173
+            lit = np.modf(np.abs(np.sin(key)) * 43758.5453)[0] < 0.35
+            dark, bright = mask & ~lit, mask & lit
+            store.update(dark=dark, bright=bright, has_dark=dark.any(axis=(2, 3)), has_bright=bright.any(axis=(2, 3)))
+        return store
+
+    def _facades(self, obj: Objects) -> np.ndarray:
+        """Base face colours [N, 5, 3] of every object as a building (walls, darker roof)."""
+        store = self._store(obj)
+        if "facade" not in store:
+            facade = FACADE_COLOURS[(obj.tint * 61).astype(int) % len(FACADE_COLOURS)]
+            cols = np.concatenate([np.repeat(facade[:, None], 4, 1), 0.7 * facade[:, None]], axis=1)
+            store["facade"] = cols.reshape(-1, 5, 3)
+        return store["facade"]
+
+    def _store(self, obj: Objects) -> dict[str, np.ndarray]:
+        """Arrays derived from ``obj`` alone. Objects never move and Scenery hands out the same
+        ``Objects`` while the same cells are in range, so they are computed once per set."""
+        if self._static is None or self._static[0] is not obj:
+            self._static = (obj, {})
+        return self._static[1]
 
 
 _MAX_COLS, _MAX_FLOORS = 5, 9

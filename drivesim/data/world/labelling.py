@@ -15,12 +15,14 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .camera import box_corners, clip_box_to_near, project, project_clipped, transform
+from .camera import clip_box_to_near, project, project_clipped, transform
 from .scene import Scene
 from .scenery import BUILDING, TREE
 
 GRID_H, GRID_W = 64, 128
 _SHIFT = 4  # sub-pixel bits for OpenCV polygon fills
+_ANG = np.linspace(0, 2 * np.pi, 20, endpoint=False)
+_RING = np.stack([np.cos(_ANG), np.sin(_ANG)], -1)  # [20, 2] unit circle of a tree crown
 
 
 @dataclass
@@ -48,32 +50,24 @@ def occluders(scene: Scene, near: float, max_depth: float) -> tuple[np.ndarray, 
     obj = scene.objects
     depth = np.linalg.norm(scene.obj_centre_cam, axis=-1)
     c = scene.obj_centre_cam
-    reach = 0.5 * np.linalg.norm(obj.size, axis=-1) + 1.0
+    reach = obj.reach()
     tan_half = scene.K[0, 2] / scene.K[0, 0]
     # only objects that can reach into the view frustum and are nearer than ``max_depth``
     cand = (c[:, 2] > -reach) & (np.abs(c[:, 0]) < c[:, 2] * tan_half + reach) & (depth < max_depth)
     b = np.flatnonzero((obj.kind == BUILDING) & cand)
-    corners = box_corners(scene.obj_centre_world[b], obj.size[b], scene.obj_yaw[b])
-    pts, mask = clip_box_to_near(transform(scene.cam_from_world, corners), near)
+    pts, mask = clip_box_to_near(transform(scene.cam_from_world, scene.obj_corners_world[b]), near)
     uv_b = project_clipped(scene.K, pts, mask)                       # [nb, 20, 2]
     t = np.flatnonzero((obj.kind == TREE) & cand & (c[:, 2] > near + 0.5 * obj.size[:, 1]))
     r = scene.K[0, 0] * 0.5 * obj.size[t, 1] / c[t, 2]
-    ang = np.linspace(0, 2 * np.pi, 20, endpoint=False)
-    ring = np.stack([np.cos(ang), np.sin(ang)], -1)                  # [20, 2]
-    uv_t = project(scene.K, c[t])[:, None, :] + r[:, None, None] * ring  # [nt, 20, 2]
+    uv_t = project(scene.K, c[t])[:, None, :] + r[:, None, None] * _RING  # [nt, 20, 2]
     return np.concatenate([uv_b, uv_t]), np.concatenate([depth[b], depth[t]])
 
 
 def label_scene(scene: Scene, height: int, width: int, near: float, min_box_pixels: float,
                 min_visibility: float, max_distance: float) -> Labels:
     """The labelled 2D boxes of the vehicles in ``scene``, sorted by track id."""
-    uv = scene.hull_uv  # [N, 20, 2]
-    n = len(uv)
-    valid = np.isfinite(uv[..., 0]).any(axis=1)
-    # np.fmin/fmax.reduce skip NaN exactly as np.nanmin/nanmax (which call them), minus the overhead
-    with np.errstate(all="ignore"):
-        lo = np.where(valid[:, None], np.fmin.reduce(np.where(valid[:, None, None], uv, 0.0), axis=1), 0.0)
-        hi = np.where(valid[:, None], np.fmax.reduce(np.where(valid[:, None, None], uv, 0.0), axis=1), 0.0)
+    n = len(scene.hull_uv)
+    valid, lo, hi = scene.hull_valid, scene.hull_lo, scene.hull_hi  # extents of hull_uv [N, 20, 2]
     lo_c = np.clip(lo, 0.0, [width, height])
     hi_c = np.clip(hi, 0.0, [width, height])
     size_c = hi_c - lo_c

@@ -78,16 +78,12 @@ class Renderer:
     def _roadside_in_view(self, scene: Scene) -> np.ndarray:
         """Objects that can reach into the view frustum, within 140 m."""
         c = scene.obj_centre_cam
-        reach = 0.5 * np.linalg.norm(scene.objects.size, axis=-1) + 1.0
+        reach = scene.objects.reach()
         ok = (c[:, 2] > -reach) & (np.abs(c[:, 0]) < c[:, 2] * self.tan_half + reach) & (c[:, 2] < 140.0)
         return np.flatnonzero(ok)
 
     def _vehicles_in_view(self, scene: Scene) -> np.ndarray:
-        uv = scene.hull_uv
-        valid = np.isfinite(uv[..., 0]).any(axis=1)
-        with np.errstate(all="ignore"):
-            lo = np.fmin.reduce(np.where(valid[:, None, None], uv, 0.0), axis=1)
-            hi = np.fmax.reduce(np.where(valid[:, None, None], uv, 0.0), axis=1)
+        valid, lo, hi = scene.hull_valid, scene.hull_lo, scene.hull_hi
         ok = valid & (hi[:, 0] > 0) & (lo[:, 0] < self.cfg.width) & (hi[:, 1] > 0) & (lo[:, 1] < self.cfg.height)
         return np.flatnonzero(ok)
 

@@ -13,7 +13,7 @@ import numpy as np
 from .actors import Snapshot
 from .camera import box_corners, clip_box_to_near, pose_matrix, project_clipped, transform
 from .road import Road
-from .scenery import TREE, Objects, Scenery
+from .scenery import Objects, Scenery
 
 SCENERY_AHEAD = 150.0  # metres of road searched for roadside objects
 
@@ -37,11 +37,15 @@ class Scene:
     corners_cam: np.ndarray         # [N, 8, 3]
     hull_uv: np.ndarray             # [N, 20, 2] projected near-clipped points (NaN = unused)
     distance: np.ndarray            # [N] metres from the camera to the box centre
+    hull_valid: np.ndarray          # [N] bool: some hull point is in front of the near plane
+    hull_lo: np.ndarray             # [N, 2] min u, v of the hull points (0 where not valid)
+    hull_hi: np.ndarray             # [N, 2] max u, v of the hull points (0 where not valid)
     # roadside objects
     objects: Objects
     obj_centre_world: np.ndarray    # [M, 3] world-frame centre of each object
     obj_centre_cam: np.ndarray      # [M, 3] camera-frame centre of each object
     obj_yaw: np.ndarray             # [M] road heading at each object (world)
+    obj_corners_world: np.ndarray   # [M, 8, 3] box_corners(obj_centre_world, size, obj_yaw)
 
 
 def build_scene(snap: Snapshot, attrs: dict[int, tuple[int, np.ndarray, int]], road: Road,
@@ -65,12 +69,21 @@ def build_scene(snap: Snapshot, attrs: dict[int, tuple[int, np.ndarray, int]], r
     points, mask = clip_box_to_near(corners_cam, near=near)
     hull_uv = project_clipped(K, points, mask)
     distance = np.linalg.norm(transform(cam_from_world, centre), axis=-1)
+    valid, lo, hi = _extents(hull_uv)
 
     objects = scenery.between(float(snap.s[0]) - 10.0, float(snap.s[0]) + SCENERY_AHEAD)
-    ox, oy, oth = road.to_world(objects.s, objects.d)
-    oz = np.where(objects.kind == TREE, objects.size[:, 2] * 0.6, objects.size[:, 2] / 2.0)
-    obj_world = np.stack([ox, oy, oz], axis=-1).reshape(-1, 3)
+    obj_world, oth, obj_corners = objects.placed_on(road)
     return Scene(K, cam_from_world, world_from_ego, float(snap.s[0]), float(snap.d[0]),
                  float(yaw[0] - th[0]), ids.copy(), cls, boxes3d, tints, snap.direction[1:].copy(),
-                 corners_cam, hull_uv, distance, objects, obj_world,
-                 transform(cam_from_world, obj_world), oth)
+                 corners_cam, hull_uv, distance, valid, lo, hi, objects, obj_world,
+                 transform(cam_from_world, obj_world), oth, obj_corners)
+
+
+def _extents(uv: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Image extents of the projected hulls uv [N, 20, 2], shared by labels and renderer."""
+    valid = np.isfinite(uv[..., 0]).any(axis=1)
+    # np.fmin/fmax.reduce skip NaN exactly as np.nanmin/nanmax (which call them), minus the overhead
+    with np.errstate(all="ignore"):
+        lo = np.where(valid[:, None], np.fmin.reduce(np.where(valid[:, None, None], uv, 0.0), axis=1), 0.0)
+        hi = np.where(valid[:, None], np.fmax.reduce(np.where(valid[:, None, None], uv, 0.0), axis=1), 0.0)
+    return valid, lo, hi

@@ -9,10 +9,11 @@ buildings and street lights).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from .camera import box_corners
 from .road import LaneLayout, Road
 
 CELL = 10.0
@@ -29,10 +30,35 @@ class Objects:
     d: np.ndarray      # lateral offset of the object's centre
     size: np.ndarray   # [N, 3]: along road, across road, height (m)
     tint: np.ndarray   # [N] float in [0, 1): colour variation
+    _placed: tuple | None = field(default=None, repr=False, compare=False)
+    _reach: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @staticmethod
     def empty() -> Objects:
         return Objects(np.zeros(0, np.int64), np.zeros(0), np.zeros(0), np.zeros((0, 3)), np.zeros(0))
+
+    def reach(self) -> np.ndarray:
+        """Half the diagonal plus a metre [N]: how far each object can reach from its centre."""
+        if self._reach is None:
+            self._reach = 0.5 * np.linalg.norm(self.size, axis=-1) + 1.0
+        return self._reach
+
+    def placed_on(self, road: Road) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """World-frame centres [N, 3] (trees: at crown height), road headings [N] and box
+        corners [N, 8, 3] (``camera.box_corners`` of centre, size, heading).
+
+        Objects never move: the result is kept and reused while the road has not grown (the
+        same inputs give the same arrays). Treat the returned arrays as read-only.
+        """
+        cached = self._placed
+        if cached is not None and cached[0] is road and cached[1] == road.length:
+            return cached[2:]
+        ox, oy, oth = road.to_world(self.s, self.d)
+        oz = np.where(self.kind == TREE, self.size[:, 2] * 0.6, self.size[:, 2] / 2.0)
+        world = np.stack([ox, oy, oz], axis=-1).reshape(-1, 3)
+        corners = box_corners(world, self.size, oth)
+        self._placed = (road, road.length, world, oth, corners)  # length after to_world grew the road
+        return world, oth, corners
 
 
 class Scenery:
@@ -43,11 +69,20 @@ class Scenery:
         self.road = road
         self.layout = layout
         self._cache: dict[int, list[tuple[int, float, float, float, float, float, float]]] = {}
+        self._last: tuple[tuple[int, int], Objects] | None = None
 
     def between(self, s_lo: float, s_hi: float) -> Objects:
-        """All objects whose cell overlaps [s_lo, s_hi]."""
-        rows: list[tuple[int, float, float, float, float, float, float]] = []
+        """All objects whose cell overlaps [s_lo, s_hi]; asked for the same cells again, the
+        same ``Objects`` (its arrays read-only) is returned, with its cached placement."""
         first, last = max(int(s_lo // CELL), 0), int(s_hi // CELL)
+        if self._last is not None and self._last[0] == (first, last):
+            return self._last[1]
+        objects = self._collect(first, last)
+        self._last = ((first, last), objects)
+        return objects
+
+    def _collect(self, first: int, last: int) -> Objects:
+        rows: list[tuple[int, float, float, float, float, float, float]] = []
         for c in range(first, last + 1):
             if c not in self._cache:
                 self._cache[c] = self._cell(c)
