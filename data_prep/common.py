@@ -180,13 +180,19 @@ def map_category(name: str, table: Sequence[tuple[str, str | None]]) -> int | No
 
 # --------------------------------------------------------------------------- run bookkeeping
 @dataclass
-class Report:
-    """What happened to every source item; saved as ``conversion_report.json``."""
+class Outcome:
+    """Result of converting one source item (a scene or a video) into clips."""
 
     converted: list[str] = field(default_factory=list)
     resumed: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Report(Outcome):
+    """What happened to every source item (the outcomes summed); saved as
+    ``conversion_report.json``."""
 
     def add(self, outcome: Outcome) -> None:
         self.converted += outcome.converted
@@ -206,16 +212,6 @@ class Report:
             "converted": sorted(self.converted), "resumed": sorted(self.resumed),
             "skipped": dict(sorted(self.skipped.items())), "failed": dict(sorted(self.failed.items())),
         })
-
-
-@dataclass
-class Outcome:
-    """Result of converting one source item (a scene or a video) into clips."""
-
-    converted: list[str] = field(default_factory=list)
-    resumed: list[str] = field(default_factory=list)
-    skipped: dict[str, str] = field(default_factory=dict)
-    failed: dict[str, str] = field(default_factory=dict)
 
 
 def run_items(fn: Callable[[Any], Outcome], items: Sequence[Any], *, workers: int, progress: bool,

@@ -79,7 +79,21 @@ def atomic_directory(path: str | os.PathLike, *, overwrite: bool = False) -> Ite
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-class VideoWriter:
+class _FinishOnExit:
+    """Context-manager protocol of the writers: ``close()`` on success, ``abort()`` on error
+    (so nothing appears under the final name)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class VideoWriter(_FinishOnExit):
     """Streaming mp4 writer. Use as a context manager, or call ``close()`` / ``abort()``."""
 
     def __init__(self, path: str | os.PathLike, fps: float, *, crf: int = 18,
@@ -158,17 +172,9 @@ class VideoWriter:
         self._container = self._cv = None
         self._tmp.unlink(missing_ok=True)
 
-    def __enter__(self) -> VideoWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
-class ImageSequenceWriter:
+class ImageSequenceWriter(_FinishOnExit):
     """Numbered frames ``000000.png`` (or ``.jpg``) written into a directory atomically."""
 
     def __init__(self, directory: str | os.PathLike, ext: str = "png", *, jpeg_quality: int = 95,
@@ -197,14 +203,6 @@ class ImageSequenceWriter:
         with contextlib.suppress(RuntimeError):
             self._ctx.__exit__(RuntimeError, RuntimeError("aborted"), None)
 
-    def __enter__(self) -> ImageSequenceWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 def open_frame_writer(path: str | os.PathLike, fps: float, frames_format: str, *,
