@@ -237,10 +237,11 @@ class UNet(nn.Module):
         b, frames = x.shape[:2]
         emb, tokens = self._embed(t, cond, b, frames, x.device)
         state = BlockState(emb=emb, tokens=tokens, frames=frames, image_only=self.image_only)
-        if self.context_encoder is not None and not self.image_only:
-            state.context = self.context_encoder(build_context_input(cond, x))
-        elif cond is not None and cond.context is not None:
+        has_context = cond is not None and cond.context is not None
+        if has_context and self.context_encoder is None:
             raise ValueError("UNet: context frames given but this UNet has use_context=False")
+        if self.context_encoder is not None and not self.image_only:  # image_only (alpha = 1) ignores context
+            state.context = self.context_encoder(build_context_input(cond, x))
         h = self.conv_in(rearrange(x, "b t c h w -> (b t) c h w"))
         skips = [h]
         for block in self.input_blocks:

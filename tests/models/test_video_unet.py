@@ -69,6 +69,8 @@ def test_alpha_one_reproduces_image_unet_exactly(generator):
         assert (video(x, t, cond) - ref).abs().max() > 1e-4  # temporal layers now act
         video.image_only = True
         assert torch.equal(video(x, t, cond), ref)
+        ctx = torch.randn(x.shape, generator=generator)  # alpha = 1 ignores context frames too
+        assert torch.equal(video(x, t, cond_for(context=ctx, context_mask=torch.ones(2, 4))), ref)
         video.image_only = False
         for name, p in video.named_parameters():
             if name.endswith("blend.mix"):
