@@ -1,5 +1,8 @@
 """Run every benchmarks/bench_*.py in turn (each prints its own ratios against a reference
-measured in the same run). Usage: python benchmarks/run_all.py [name-substring ...]"""
+measured in the same run). Usage: python benchmarks/run_all.py [name-substring ...]
+
+The eval_*.py scripts are not run here: they score trained model files (``make demo`` first)
+and take minutes each; docs/probes.md and docs/rollout.md say how to run them."""
 
 from __future__ import annotations
 
