@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from einops import rearrange
 from torch import nn
+from torch.nn import functional as F
 
 from drivesim.models.ae_blocks import (
     AttnBlock,
@@ -31,7 +32,7 @@ from drivesim.utils.io import DriveSimInputError
 
 MODEL_KIND = "autoencoder"
 HPARAM_NAMES = frozenset({"base_channels", "ch_mult", "num_res_blocks", "latent_channels", "in_channels",
-                          "dropout", "temporal_decoder", "temporal_kernel", "temporal_spatial_kernel"})
+                          "dropout", "temporal_decoder", "temporal_kernel", "temporal_spatial_kernel", "patch_size"})
 
 
 @dataclass
@@ -149,23 +150,32 @@ class AutoencoderKL(nn.Module):
     def __init__(self, base_channels: int = 128, ch_mult: Sequence[int] = (1, 2, 2, 4), num_res_blocks: int = 2,
                  latent_channels: int = 4, in_channels: int = 3, dropout: float = 0.0,
                  temporal_decoder: bool = False, temporal_kernel: int = 3, temporal_spatial_kernel: int = 3,
-                 scale_factor: float | None = None) -> None:
+                 patch_size: int = 1, scale_factor: float | None = None, logvar_init: float = 0.0) -> None:
         super().__init__()
         ch_mult = tuple(int(m) for m in ch_mult)
         if len(ch_mult) < 1 or min(ch_mult) < 1 or base_channels < 1 or num_res_blocks < 1:
             raise ValueError(f"autoencoder: bad widths base_channels={base_channels} ch_mult={ch_mult} "
                              f"num_res_blocks={num_res_blocks}")
+        if int(patch_size) not in (1, 2, 4):
+            raise ValueError(f"autoencoder: patch_size must be 1, 2 or 4, got {patch_size!r}")
+        p = int(patch_size)
         self._hparams = dict(base_channels=int(base_channels), ch_mult=list(ch_mult),
                              num_res_blocks=int(num_res_blocks), latent_channels=int(latent_channels),
                              in_channels=int(in_channels), dropout=float(dropout),
                              temporal_decoder=bool(temporal_decoder), temporal_kernel=int(temporal_kernel),
-                             temporal_spatial_kernel=int(temporal_spatial_kernel))
-        self.encoder = Encoder(in_channels, base_channels, ch_mult, num_res_blocks, latent_channels, dropout)
+                             temporal_spatial_kernel=int(temporal_spatial_kernel), patch_size=p)
+        # patch_size p > 1: space-to-depth before the encoder and depth-to-space after the decoder, so the
+        # full-resolution convolutions (most of the FLOPs at small widths) run at 1/p resolution.
+        self.encoder = Encoder(in_channels * p * p, base_channels, ch_mult, num_res_blocks, latent_channels,
+                               dropout)
         self.quant_conv = nn.Conv2d(2 * latent_channels, 2 * latent_channels, 1)
         self.post_quant_conv = nn.Conv2d(latent_channels, latent_channels, 1)
-        self.decoder = Decoder(in_channels, base_channels, ch_mult, num_res_blocks, latent_channels, dropout,
+        self.decoder = Decoder(in_channels * p * p, base_channels, ch_mult, num_res_blocks, latent_channels, dropout,
                                temporal=temporal_decoder, temporal_kernel=temporal_kernel,
                                temporal_spatial_kernel=temporal_spatial_kernel)
+        if logvar_init:  # start with a small posterior std so early samples are not swamped by noise
+            with torch.no_grad():
+                self.quant_conv.bias[latent_channels:] += float(logvar_init)
         value = math.nan if scale_factor is None else float(scale_factor)
         self.register_buffer("scale_factor", torch.tensor(value, dtype=torch.float32))
 
@@ -177,7 +187,7 @@ class AutoencoderKL(nn.Module):
 
     @property
     def downsample_factor(self) -> int:
-        return 2 ** (len(self._hparams["ch_mult"]) - 1)
+        return self._hparams["patch_size"] * 2 ** (len(self._hparams["ch_mult"]) - 1)
 
     @property
     def latent_channels(self) -> int:
@@ -231,7 +241,10 @@ class AutoencoderKL(nn.Module):
         """``x [B, T, 3, H, W]`` in [-1, 1] -> q(z|x) with ``mean, logvar [B, T, C, H/f, W/f]``."""
         self._check_video(x)
         b = x.shape[0]
-        moments = self.quant_conv(self.encoder(rearrange(x, "b t c h w -> (b t) c h w")))
+        x = rearrange(x, "b t c h w -> (b t) c h w")
+        if self._hparams["patch_size"] > 1:
+            x = F.pixel_unshuffle(x, self._hparams["patch_size"])
+        moments = self.quant_conv(self.encoder(x))
         moments = rearrange(moments, "(b t) c h w -> b t c h w", b=b)
         mean, logvar = moments.chunk(2, dim=2)
         return DiagonalGaussian(mean, logvar)
@@ -242,6 +255,8 @@ class AutoencoderKL(nn.Module):
         b, t = z.shape[:2]
         h = self.post_quant_conv(rearrange(z, "b t c h w -> (b t) c h w"))
         out = self.decoder(h, num_frames=t, image_only=image_only)
+        if self._hparams["patch_size"] > 1:
+            out = F.pixel_shuffle(out, self._hparams["patch_size"])
         return rearrange(out, "(b t) c h w -> b t c h w", b=b)
 
     def forward(self, x: torch.Tensor, sample: bool = True, generator: torch.Generator | None = None,

@@ -43,7 +43,7 @@ from drivesim.training.rng import step_generator
 from drivesim.utils.io import DriveSimInputError
 
 STAGES = ("image", "temporal")
-_SHAPE_KEYS = ("base_channels", "ch_mult", "num_res_blocks", "latent_channels", "in_channels")
+_SHAPE_KEYS = ("base_channels", "ch_mult", "num_res_blocks", "latent_channels", "in_channels", "patch_size")
 
 
 def flicker(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -66,7 +66,7 @@ class AutoencoderModule(LightningModule):
 
     def __init__(self, stage: str = "image", base_channels: int = 128, ch_mult: Sequence[int] = (1, 2, 2, 4),
                  num_res_blocks: int = 2, latent_channels: int = 4, temporal_kernel: int = 3,
-                 temporal_spatial_kernel: int = 3,
+                 temporal_spatial_kernel: int = 3, patch_size: int = 1, logvar_init: float = 0.0,
                  dropout: float = 0.0, learning_rate: float = 4.5e-6, disc_learning_rate: float | None = None,
                  kl_weight: float = 1e-6, lpips_path: str | None = None, lpips_weight: float = 1.0,
                  disc_weight: float = 0.5, disc_start: int = 50001, disc_channels: int = 64, disc_layers: int = 3,
@@ -82,7 +82,8 @@ class AutoencoderModule(LightningModule):
         self.automatic_optimization = False
         self.autoencoder = AutoencoderKL(base_channels, ch_mult, num_res_blocks, latent_channels, dropout=dropout,
                                          temporal_decoder=stage == "temporal", temporal_kernel=temporal_kernel,
-                                         temporal_spatial_kernel=temporal_spatial_kernel)
+                                         temporal_spatial_kernel=temporal_spatial_kernel, patch_size=patch_size,
+                                         logvar_init=logvar_init)
         if init_from:
             self._init_from(Path(init_from))
         disc_cls = VideoDiscriminator3d if stage == "temporal" else PatchDiscriminator2d

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import EMAWeightAveraging
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -84,3 +85,30 @@ class LossRecorder(_BatchStepCallback):
         out.parent.mkdir(parents=True, exist_ok=True)
         with open(out, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
+
+
+def warmup_ema_avg_fn(decay: float, warmup: float = 10.0):
+    """EMA update with the usual warm-up: after ``n`` updates the decay is
+    ``min(decay, (1 + n) / (warmup + n))``, so a short run's average is not dominated by the
+    initial weights (a fixed 0.999 keeps 0.999**400 = 67% of the step-0 weights after 400
+    steps, which is all a CPU demo stage gets). Signature of ``AveragedModel``'s ``avg_fn``."""
+    if not 0.0 <= decay < 1.0 or warmup <= 1.0:
+        raise ValueError(f"warmup EMA: need 0 <= decay < 1 and warmup > 1, got decay={decay}, warmup={warmup}")
+
+    def avg_fn(averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
+        n = float(num_averaged)
+        d = min(decay, (1.0 + n) / (warmup + n))
+        return averaged * d + current * (1.0 - d)
+
+    return avg_fn
+
+
+class WarmupEMA(EMAWeightAveraging):
+    """Lightning's ``EMAWeightAveraging`` with the decay warm-up of :func:`warmup_ema_avg_fn`;
+    the averaged weights are what validation and the exported model file use."""
+
+    def __init__(self, decay: float = 0.999, warmup: float = 10.0, update_every_n_steps: int = 1,
+                 update_starting_at_step: int | None = None, use_buffers: bool = True) -> None:
+        super().__init__(decay=decay, update_every_n_steps=update_every_n_steps,
+                         update_starting_at_step=update_starting_at_step, use_buffers=use_buffers)
+        self._kwargs["avg_fn"] = warmup_ema_avg_fn(decay, warmup)

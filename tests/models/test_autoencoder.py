@@ -27,9 +27,11 @@ def _randomise_temporal(ae: AutoencoderKL, generator: torch.Generator) -> None:
             p.copy_(0.2 * torch.randn(p.shape, generator=generator))
 
 
-@pytest.mark.parametrize("ch_mult,f", [((1, 2, 4), 4), ((1, 2, 2, 4), 8), ((1, 1, 2, 2, 4), 16)])
-def test_shapes_for_every_downsampling_factor(ch_mult, f, generator):
-    ae = AutoencoderKL(base_channels=8, ch_mult=ch_mult, num_res_blocks=1, latent_channels=4).eval()
+@pytest.mark.parametrize("ch_mult,patch,f", [((1, 2, 4), 1, 4), ((1, 2, 2, 4), 1, 8), ((1, 1, 2, 2, 4), 1, 16),
+                                             ((1, 2), 2, 4), ((1, 2, 4), 2, 8), ((1, 2, 4), 4, 16)])
+def test_shapes_for_every_downsampling_factor(ch_mult, patch, f, generator):
+    ae = AutoencoderKL(base_channels=8, ch_mult=ch_mult, num_res_blocks=1, latent_channels=4,
+                       patch_size=patch).eval()
     assert ae.downsample_factor == f
     x = torch.rand(2, 3, 3, 32, 64, generator=generator) * 2 - 1
     posterior = ae.encode(x)
@@ -38,6 +40,35 @@ def test_shapes_for_every_downsampling_factor(ch_mult, f, generator):
     assert recon.shape == x.shape
     with pytest.raises(DriveSimInputError, match=f"not divisible by the autoencoder downsampling factor f={f}"):
         ae.encode(x[..., : 32 - f // 2, :])
+
+
+def test_patch_size_is_exact_space_to_depth(generator):
+    """patch_size p: the encoder sees each p x p pixel block as p*p*3 channels of one position, and
+    the decoder's p*p*3 output channels land back on the same block (pixel_unshuffle/shuffle)."""
+    ae = AutoencoderKL(base_channels=8, ch_mult=(1, 2), num_res_blocks=1, latent_channels=4, patch_size=2).eval()
+    assert ae.encoder.conv_in.in_channels == 12 and ae.decoder.conv_out.out_channels == 12
+    x = torch.zeros(1, 1, 3, 8, 8)
+    x[0, 0, 1, 2, 3] = 1.0  # channel 1 at (row 2, col 3) -> block (1, 1), sub-position (0, 1)
+    seen = {}
+    ae.encoder.conv_in.register_forward_hook(lambda m, i, o: seen.update(inp=i[0]))
+    ae.encode(x)
+    nz = seen["inp"].nonzero().tolist()
+    assert nz == [[0, 1 * 4 + 0 * 2 + 1, 1, 1]]
+    with pytest.raises(ValueError, match="patch_size"):
+        AutoencoderKL(**TINY, patch_size=3)
+
+
+def test_logvar_init_shrinks_the_initial_posterior_std(generator):
+    x = torch.rand(2, 1, 3, 16, 16, generator=generator) * 2 - 1
+    torch.manual_seed(0)
+    plain = AutoencoderKL(**TINY).eval()
+    torch.manual_seed(0)
+    low = AutoencoderKL(**TINY, logvar_init=-8.0).eval()
+    with torch.no_grad():
+        a, b = plain.encode(x), low.encode(x)
+    torch.testing.assert_close(a.mean, b.mean)
+    torch.testing.assert_close(b.logvar, a.logvar - 8.0, atol=1e-5, rtol=0)
+    assert "logvar_init" not in low.hparams  # an init choice: the weights carry it
 
 
 def test_frames_are_independent_in_the_image_autoencoder(generator):

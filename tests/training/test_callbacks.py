@@ -3,7 +3,12 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from drivesim.training.callbacks import FiniteLossGuard, NonFiniteLossError
+from drivesim.training.callbacks import (
+    FiniteLossGuard,
+    NonFiniteLossError,
+    WarmupEMA,
+    warmup_ema_avg_fn,
+)
 
 
 class _NaNAtStep(pl.LightningModule):
@@ -35,3 +40,45 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
     last = torch.load(tmp_path / "last.ckpt", weights_only=True, map_location="cpu")
     assert last["global_step"] == 3  # saved after steps 1..3 finished; the NaN step never saved
     assert torch.isfinite(last["state_dict"]["w"]).all()
+
+
+def test_warmup_ema_recurrence():
+    avg_fn = warmup_ema_avg_fn(0.9, warmup=10.0)
+    a, x = torch.tensor([1.0]), torch.tensor([3.0])
+    # n = 0: d = 1/10 -> 0.1 * 1 + 0.9 * 3; n = 1000: d capped at 0.9
+    torch.testing.assert_close(avg_fn(a, x, torch.tensor(0)), torch.tensor([2.8]))
+    torch.testing.assert_close(avg_fn(a, x, torch.tensor(1000)), torch.tensor([1.2]))
+    with pytest.raises(ValueError, match="decay"):
+        warmup_ema_avg_fn(1.0)
+
+
+class _Drift(pl.LightningModule):
+    """SGD on loss = -w: every step adds exactly lr to w, so the weight path is known."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def training_step(self, batch, batch_idx):
+        return -(self.w * batch[0]).sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=1.0)
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(64, 1)), batch_size=1)
+
+
+def test_warmup_ema_callback_exports_the_warm_started_average(tmp_path):
+    module = _Drift()
+    trainer = pl.Trainer(max_steps=50, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=tmp_path,
+                         callbacks=[WarmupEMA(decay=0.999)])
+    trainer.fit(module)
+    # reference: w_k = k after step k; AveragedModel copies the first value, then applies avg_fn
+    avg_fn, avg = warmup_ema_avg_fn(0.999), None
+    for k in range(1, 51):
+        w = torch.tensor([float(k)])
+        avg = w.clone() if avg is None else avg_fn(avg, w, torch.tensor(k - 1))
+    torch.testing.assert_close(module.w.detach(), avg)
+    assert float(module.w) > 35.0  # a plain 0.999 EMA would still sit near 2.2
