@@ -196,6 +196,41 @@ def _as_mask(request: bool | Tensor, batch: int, name: str) -> Tensor:
     return request.to(torch.bool)
 
 
+LAYOUT_CHANNELS = NUM_CLASSES - 1  # one coverage map per non-padding class
+
+
+def _cell_overlap(lo: Tensor, hi: Tensor, cells: int) -> Tensor:
+    """Fraction of each of ``cells`` equal cells on [0, 1] covered by [lo, hi]:
+    lo, hi [M, N] -> [M, N, cells] in [0, 1]."""
+    edges = torch.arange(cells + 1, device=lo.device, dtype=lo.dtype) / cells
+    overlap = torch.minimum(hi[..., None], edges[1:]) - torch.maximum(lo[..., None], edges[:-1])
+    return overlap.clamp(min=0.0) * cells
+
+
+def box_layout(cond: Conditioning | None, batch: int, frames: int, height: int, width: int,
+               device: torch.device, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Boxes rasterised onto the latent grid: ``[(B T), LAYOUT_CHANNELS, height, width]``.
+
+    Channel c - 1 holds, for class c, the fraction of each latent cell covered by that
+    class's boxes (summed over boxes, clamped to 1), so a box smaller than a cell still
+    leaves a proportional trace. Dropped or absent boxes give the all-zero (null) layout,
+    the spatial counterpart of the null box tokens, so guidance on boxes drops both.
+    """
+    zeros = torch.zeros(batch * frames, LAYOUT_CHANNELS, height, width, device=device, dtype=dtype)
+    if cond is None or cond.boxes is None:
+        return zeros
+    if cond.boxes.shape[1] != frames:
+        raise ValueError(f"Conditioning.boxes: {cond.boxes.shape[1]} frames, latents have {frames}")
+    boxes = rearrange(cond.boxes.to(device=device, dtype=dtype), "b t n c -> (b t) n c")
+    classes = rearrange(cond.box_classes.to(device), "b t n -> (b t) n")
+    cover = torch.einsum("mnh,mnw->mnhw", _cell_overlap(boxes[..., 1], boxes[..., 3], height),
+                         _cell_overlap(boxes[..., 0], boxes[..., 2], width))  # [M, N, h, w]
+    onehot = F.one_hot(classes, NUM_CLASSES)[..., PAD_CLASS + 1:].to(dtype)   # [M, N, C]
+    layout = torch.einsum("mnc,mnhw->mchw", onehot, cover).clamp(max=1.0)
+    keep = ~repeat(_flags(cond, "drop_boxes").to(device), "b -> (b t)", t=frames)
+    return layout * keep[:, None, None, None].to(dtype)
+
+
 def truncate_boxes(boxes: Tensor, classes: Tensor, ids: Tensor | None, max_boxes: int
                    ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Keep at most ``max_boxes`` per frame, the largest by area (warns when dropping any).

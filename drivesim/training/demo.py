@@ -71,7 +71,7 @@ def demo_stages(runs: Path, *, minutes: float = _BUDGET_AT, seconds: float = 120
               "--model.init_args.init_from", str(img)]),
         Stage("rollouts", f"{seconds / 60:g}-minute day and night rollouts",
               ["rollout", "--preset", "demo", "--runs", str(runs), "--seconds", str(seconds),
-               "--steps", str(rollout_steps), "--overwrite"],
+               "--steps", str(rollout_steps), "--overwrite", "--debug-video"],
               outputs=[rollouts / "day" / "clip.json", rollouts / "night" / "clip.json"]),
         Stage("eval", "oracle metrics of the rollouts against held-out synthetic clips",
               ["eval", "--real", str(data), "--real-split", "val", "--fake", str(rollouts),

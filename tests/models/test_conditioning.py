@@ -4,9 +4,11 @@ import pytest
 import torch
 
 from drivesim.models.conditioning import (
+    LAYOUT_CHANNELS,
     BoxEncoder,
     Conditioning,
     LabelEncoder,
+    box_layout,
     fourier_features,
     truncate_boxes,
 )
@@ -161,3 +163,31 @@ def test_label_encoder_null_embedding():
     assert torch.equal(dropped, null) and torch.equal(dropped[0], dropped[1])
     expected = enc.daynight.weight[-1] + enc.crowd.weight[-1]
     torch.testing.assert_close(null[0], expected)
+
+
+def test_box_layout_is_cell_coverage_per_class():
+    h, w = 4, 8  # cells of 0.25 x 0.125
+    boxes = torch.tensor([[[[0.25, 0.25, 0.375, 0.5],      # class 1: exactly cell (row 1, col 2)
+                            [0.5, 0.5, 0.5625, 0.625],     # class 4: half of cell (2, 4) in x and y
+                            [0.0, 0.0, 1.0, 1.0],          # padding: ignored
+                            [0.25, 0.25, 0.375, 0.5]]]])   # class 1 again on the same cell: clamped to 1
+    classes = torch.tensor([[[1, 4, 0, 1]]])
+    cond = Conditioning(boxes=boxes, box_classes=classes)
+    layout = box_layout(cond, 1, 1, h, w, torch.device("cpu"))
+    assert layout.shape == (1, LAYOUT_CHANNELS, h, w)
+    expect = torch.zeros(1, LAYOUT_CHANNELS, h, w)
+    expect[0, 0, 1, 2] = 1.0
+    expect[0, 3, 2, 4] = 0.25
+    torch.testing.assert_close(layout, expect)
+
+
+def test_box_layout_total_equals_box_area_and_respects_drop(generator):
+    boxes = random_boxes(generator, b=2, t=3, n=1)
+    cond = Conditioning(boxes=boxes, box_classes=torch.full((2, 3, 1), 2))
+    layout = box_layout(cond, 2, 3, 8, 16, torch.device("cpu"))  # [(B T), C, h, w]
+    area = ((boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])).reshape(6)
+    torch.testing.assert_close(layout[:, 1].sum(dim=(1, 2)), area * 8 * 16)
+    assert layout[:, [0, 2, 3, 4, 5]].abs().max() == 0
+    dropped = box_layout(cond.with_dropped(boxes=torch.tensor([True, False])), 2, 3, 8, 16, torch.device("cpu"))
+    assert dropped[:3].abs().max() == 0 and torch.equal(dropped[3:], layout[3:])
+    assert box_layout(None, 2, 3, 8, 16, torch.device("cpu")).abs().max() == 0

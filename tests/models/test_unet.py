@@ -162,3 +162,27 @@ def test_geglu_matches_reference_and_gradcheck(generator):
     a, gate = x.chunk(2, dim=-1)
     torch.testing.assert_close(geglu(x), a * torch.nn.functional.gelu(gate))
     assert torch.autograd.gradcheck(geglu, (x,))
+
+
+def test_box_layout_input_starts_neutral_and_follows_boxes(generator):
+    torch.manual_seed(0)
+    plain = randomize_(UNet(**TINY), generator).eval()
+    layout = UNet(**TINY, box_layout=True).eval()
+    state = plain.state_dict()
+    weight = layout.conv_in.weight.detach().clone()
+    assert weight[:, 4:].abs().max() == 0  # layout channels zero-initialised
+    weight[:, :4] = state["conv_in.weight"]
+    layout.load_state_dict({**state, "conv_in.weight": weight})
+    x, t = torch.randn(2, 2, 4, 8, 8, generator=generator), torch.tensor([5.0, 700.0])
+    cond = box_cond(generator)
+    with torch.no_grad():
+        torch.testing.assert_close(layout(x, t, cond), plain(x, t, cond), rtol=0, atol=1e-6)
+        layout.conv_in.weight[:, 4:].normal_(0, 0.3, generator=generator)
+        other = box_cond(torch.Generator().manual_seed(99))  # boxes elsewhere, same labels
+        moved = Conditioning(boxes=other.boxes, box_classes=cond.box_classes, daynight=cond.daynight,
+                             crowd=cond.crowd)
+        assert (layout(x, t, cond) - layout(x, t, moved)).abs().max() > 1e-3  # the layout now acts
+        no_boxes = Conditioning(daynight=cond.daynight, crowd=cond.crowd)
+        torch.testing.assert_close(layout(x, t, cond.with_dropped(boxes=True)), layout(x, t, no_boxes))
+    with pytest.raises(ValueError, match="box_layout needs use_boxes"):
+        UNet(**TINY, box_layout=True, use_boxes=False)
