@@ -33,7 +33,10 @@ def _fit(name: str, config: str, root: Path, minutes: float, overrides: list[str
     argv = ["fit", "--config", config, "--trainer.default_root_dir", str(out),
             "--trainer.max_time", _max_time(minutes), "--trainer.enable_progress_bar", "true",
             "--trainer.limit_val_batches", "2",
-            "--model.init_args.model_file", str(model_file), *overrides]
+            "--model.init_args.model_file", str(model_file),
+            # the pipeline runs a stage only when it is not finished (stamp) or on --force, and
+            # then the stage's own earlier output must be replaced, not refused
+            "--model.init_args.overwrite", "true", *overrides]
     return Stage(name=name, title=f"train {name} ({minutes:.1f} min budget)", argv=argv,
                  outputs=[model_file])
 
@@ -62,7 +65,8 @@ def demo_stages(runs: Path, *, minutes: float = _BUDGET_AT, seconds: float = 120
              _TRAIN_MINUTES["autoencoder_temporal"] * scale,
              [*clip_data, "--model.init_args.init_from", str(ae)]),
         Stage("latents", "encode the dataset into latent shards",
-              ["data", "encode", "--ckpt", str(ae_t), "--data", str(data), "--out", str(latents)],
+              ["data", "encode", "--ckpt", str(ae_t), "--data", str(data), "--out", str(latents),
+               "--overwrite"],
               outputs=[latents / "manifest.jsonl"]),
         _fit("image_ldm", "configs/image_ldm/tiny.yaml", root, _TRAIN_MINUTES["image_ldm"] * scale,
              [*latent_data, "--model.init_args.autoencoder_path", str(ae_t)]),

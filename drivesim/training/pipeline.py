@@ -88,7 +88,12 @@ def run_stage(stage: Stage, stamp_dir: Path, *, force: bool = False, index: int 
 
 
 def run_pipeline(stages: Sequence[Stage], stamp_dir: Path, *, force: bool = False) -> list[StageResult]:
-    results = []
+    """Run a linear chain: each stage consumes the outputs of the ones before it, so once a
+    stage actually runs (unfinished, or forced) every later stage runs again too; a stamp of
+    a later stage made from the old inputs would otherwise skip it with stale results."""
+    results: list[StageResult] = []
     for i, stage in enumerate(stages, start=1):
-        results.append(run_stage(stage, stamp_dir, force=force, index=i, total=len(stages)))
+        upstream_changed = any(not r.skipped for r in results)
+        results.append(run_stage(stage, stamp_dir, force=force or upstream_changed, index=i,
+                                 total=len(stages)))
     return results

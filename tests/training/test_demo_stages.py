@@ -37,9 +37,13 @@ def test_every_demo_stage_parses(tmp_path, capsys, monkeypatch):
             model_file = config["model"]["init_args"]["model_file"]
             assert model_file == str(stage.outputs[0]), stage.name  # the override reached the model
             assert config["trainer"]["max_time"], stage.name
+            # a stage re-runs only when unfinished or forced, and must then replace its own output
+            assert config["model"]["init_args"]["overwrite"] is True, stage.name
         else:
             parser, rest = _tool_parser(stage.argv)
-            parser.parse_args(rest)  # raises on an unknown or malformed flag
+            args = parser.parse_args(rest)  # raises on an unknown or malformed flag
+            if stage.name in ("latents", "rollouts", "eval"):
+                assert args.overwrite, stage.name
     rollout = next(s for s in stages if s.name == "rollouts")
     assert "--debug-video" in rollout.argv  # the README promises the boxes-drawn video
 

@@ -24,6 +24,16 @@ def test_finished_stages_are_skipped_and_force_reruns(tmp_path):
     assert counter.read_text() == "2"
 
 
+def test_a_rerun_stage_reruns_everything_after_it(tmp_path):
+    stamps = tmp_path / "stamps"
+    stages = [_touch_stage(n, tmp_path / f"{n}.txt", tmp_path / f"count_{n}") for n in "abc"]
+    run_pipeline(stages, stamps)
+    (tmp_path / "b.txt").unlink()  # stage b is no longer finished; a stays done
+    results = run_pipeline(stages, stamps)
+    assert [r.skipped for r in results] == [True, False, False]  # c consumed b's old output
+    assert [(tmp_path / f"count_{n}").read_text() for n in "abc"] == ["1", "2", "2"]
+
+
 def test_missing_output_means_not_done(tmp_path):
     stage = _touch_stage("a", tmp_path / "a.txt", tmp_path / "count")
     run_pipeline([stage], tmp_path / "stamps")
