@@ -82,10 +82,13 @@ class DriveDataModule(LightningDataModule):
         batch_size, num_workers: DataLoader settings (per rank).
         samples_per_epoch, val_samples: ``synthetic`` epoch sizes (global, all ranks).
         seed: base seed (synthetic drives, clip shuffling).
-        night_fraction, min_vehicles, max_vehicles, weathers: ``synthetic`` scenario draws.
+        night_fraction, min_vehicles, max_vehicles, weathers: ``synthetic`` scenario draws;
+            traffic_range: metres of simulated traffic ahead (``WorldConfig.traffic_range``).
         lenient: skip bad clips (reported) instead of raising.
         train_split, val_split: manifest splits.
         stride: window stride in output frames for clip sources (default: ``frames``).
+        frame_cache_mb: ``clips``: keep up to this many MiB of decoded clips in memory per
+            dataset copy (0 = decode on every access); the CPU demo caches its whole dataset.
     """
 
     def __init__(self, source: Literal["synthetic", "clips", "latents"] = "synthetic", root: str | None = None,
@@ -94,7 +97,7 @@ class DriveDataModule(LightningDataModule):
                  val_samples: int = 64, seed: int = 0, night_fraction: float = 0.5, min_vehicles: int = 0,
                  max_vehicles: int = 12, weathers: tuple[str, ...] = ("clear",), lenient: bool = False,
                  train_split: str = "train", val_split: str = "val", stride: int | None = None,
-                 pin_memory: bool = False) -> None:
+                 pin_memory: bool = False, frame_cache_mb: float = 0.0, traffic_range: float = 185.0) -> None:
         super().__init__()
         if source not in ("synthetic", "clips", "latents"):
             raise ValueError(f"source must be synthetic|clips|latents, got {source!r}")
@@ -121,13 +124,14 @@ class DriveDataModule(LightningDataModule):
                                 max_boxes=h.max_boxes, samples=samples, seed=seed,
                                 night_fraction=h.night_fraction, min_vehicles=h.min_vehicles,
                                 max_vehicles=h.max_vehicles, weathers=tuple(h.weathers), rank=rank,
-                                world_size=world, resample_each_epoch=resample)
+                                world_size=world, resample_each_epoch=resample, traffic_range=h.traffic_range)
 
     def _from_folder(self, split: str) -> Dataset:
         h = self.hparams
         if h.source == "clips":
             return ClipDataset(h.root, split=split, frames=h.frames, fps=h.fps, height=h.height, width=h.width,
-                               max_boxes=h.max_boxes, stride=h.stride, lenient=h.lenient)
+                               max_boxes=h.max_boxes, stride=h.stride, lenient=h.lenient,
+                               cache_mb=h.frame_cache_mb)
         latents = importlib.import_module("drivesim.data.latents")  # optional: latents source only
         return latents.LatentClipDataset(h.root, split=split, frames=h.frames, fps=h.fps, max_boxes=h.max_boxes,
                                          seed=h.seed, stride=h.stride)

@@ -107,11 +107,16 @@ class ClipDataset(Dataset):
     Bad clips (invalid clip.json, missing/corrupt frames, shorter than one window) raise
     ``DriveSimInputError`` unless ``lenient=True``; then they are skipped and listed in
     ``self.skipped`` as ``(clip_id, reason)`` and counted in the warning.
+
+    ``cache_mb`` > 0 keeps whole decoded clips (uint8) in memory, least recently used evicted
+    beyond that many MiB per dataset copy: random single-frame access into an mp4 otherwise
+    decodes from the previous key frame on every sample, which costs a CPU core at the step
+    rate of a small autoencoder.
     """
 
     def __init__(self, root: str | os.PathLike, split: str = "train", frames: int = 8,
                  fps: float | None = None, height: int = 128, width: int = 256, max_boxes: int = 16,
-                 stride: int | None = None, lenient: bool = False) -> None:
+                 stride: int | None = None, lenient: bool = False, cache_mb: float = 0.0) -> None:
         if frames < 1 or height < 1 or width < 1 or max_boxes < 1 or (fps is not None and not fps > 0):
             raise ValueError(f"ClipDataset: bad sizes frames={frames} fps={fps} size={height}x{width} "
                              f"max_boxes={max_boxes}")
@@ -123,6 +128,8 @@ class ClipDataset(Dataset):
         self.skipped: list[tuple[str, str]] = []
         self.decode_failures: Counter[str] = Counter()
         self._open: OrderedDict[int, None] = OrderedDict()
+        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()  # clip index -> uint8 [N, h, w, 3]
+        self._cache_bytes, self._cache_limit = 0, int(max(cache_mb, 0.0) * 2**20)
         self._pid = os.getpid()
         self._inherited: list[object] = []
         self._load()
@@ -179,6 +186,29 @@ class ClipDataset(Dataset):
             old, _ = self._open.popitem(last=False)
             self.clips[old].close()
 
+    def _clip_frames(self, k: int, idx: np.ndarray) -> np.ndarray:
+        """Frames ``idx`` of clip ``k``: from the decoded-clip cache when enabled, else the reader."""
+        clip = self.clips[k]
+        if k in self._cache:
+            self._cache.move_to_end(k)
+            return self._cache[k][idx]
+        size = clip.num_frames * clip.height * clip.width * 3
+        if size > self._cache_limit:  # cache off, or a clip larger than the whole cache
+            self._touch(k)
+            return clip.frames(idx)
+        self._touch(k)
+        try:
+            whole = clip.frames(np.arange(clip.num_frames))
+        except DriveSimInputError:  # a broken frame somewhere: read just this window (lenient mode
+            return clip.frames(idx)  # then loses only the windows that really fail)
+        clip.close()  # decoded once: the reader is not needed again while the clip stays cached
+        self._open.pop(k, None)
+        while self._cache and self._cache_bytes + size > self._cache_limit:
+            _, old = self._cache.popitem(last=False)
+            self._cache_bytes -= old.nbytes
+        self._cache[k], self._cache_bytes = whole, self._cache_bytes + whole.nbytes
+        return whole[idx]
+
     def _window_boxes(self, clip: Clip, idx: np.ndarray, rc: ResizeCrop) -> list[PaddedBoxes]:
         out = []
         for i in idx.tolist():
@@ -191,8 +221,7 @@ class ClipDataset(Dataset):
         clip = self.clips[k]
         out_fps = self._out_fps(clip)
         idx = resample_indices(self.frames, clip.fps, out_fps, start)
-        self._touch(k)
-        rgb = clip.frames(idx)                                   # [T, h, w, 3] uint8
+        rgb = self._clip_frames(k, idx)                          # [T, h, w, 3] uint8
         rc = ResizeCrop.center((clip.height, clip.width), self.out_hw)
         rgb = np.stack([rc.apply_image(f) for f in rgb])         # [T, H, W, 3]
         return make_sample(rgb, self._window_boxes(clip, idx, rc), clip.daynight, clip.crowd, out_fps,
@@ -232,12 +261,24 @@ def shard_indices(total: int, rank: int, world_size: int, worker: int = 0, num_w
     return range(rank + worker * world_size, per_rank * world_size, world_size * num_workers)
 
 
+def world_config(scenario: dict, *, height: int, width: int, fps: float, night: bool | None = None):
+    """The ``WorldConfig`` of a :meth:`SyntheticDataset.scenario` draw rendered at ``height x width``
+    and ``fps`` (``night`` overrides the drawn lighting; the drive itself is unchanged)."""
+    from drivesim.data.world import WorldConfig
+
+    return WorldConfig(seed=scenario["seed"], height=height, width=width, fps=fps,
+                       night=scenario["night"] if night is None else night,
+                       num_vehicles=scenario["num_vehicles"], weather=scenario["weather"],
+                       traffic_range=scenario.get("traffic_range", 185.0))
+
+
 class SyntheticDataset(IterableDataset):
     """Streams windows of ``frames`` frames rendered by the synthetic world.
 
     Sample ``i`` of epoch ``e`` is a fresh drive whose world seed, day/night
     (``night_fraction``), vehicle count (``min_vehicles..max_vehicles``), weather and
-    warm-up length are drawn from ``SeedSequence([seed, e, i])``. The per-epoch index space
+    warm-up length are drawn from ``SeedSequence([seed, e, i])``; ``traffic_range`` (metres of
+    simulated traffic ahead, ``WorldConfig``) is the same for every drive. The per-epoch index space
     ``0..samples-1`` is split over (rank, worker) by :func:`shard_indices`, so samples are
     distinct across ranks and workers, and identical for the same seed whatever the worker
     count. With ``resample_each_epoch`` every pass over the dataset (in a persistent worker)
@@ -248,7 +289,7 @@ class SyntheticDataset(IterableDataset):
                  max_boxes: int = 16, samples: int = 1000, seed: int = 0, night_fraction: float = 0.5,
                  min_vehicles: int = 0, max_vehicles: int = 12, weathers: Sequence[str] = ("clear",),
                  max_warmup_steps: int = 30, rank: int | None = None, world_size: int | None = None,
-                 resample_each_epoch: bool = True) -> None:
+                 resample_each_epoch: bool = True, traffic_range: float = 185.0) -> None:
         if not (0 <= night_fraction <= 1 and 0 <= min_vehicles <= max_vehicles and frames >= 1 and samples >= 0):
             raise ValueError(f"SyntheticDataset: bad options night_fraction={night_fraction} "
                              f"vehicles={min_vehicles}..{max_vehicles} frames={frames} samples={samples}")
@@ -258,6 +299,7 @@ class SyntheticDataset(IterableDataset):
         self.weathers, self.max_warmup_steps = tuple(weathers), max_warmup_steps
         self.rank, self.world_size = rank, world_size
         self.resample_each_epoch, self.epoch = resample_each_epoch, 0
+        self.traffic_range = float(traffic_range)
 
     def _rank_world(self) -> tuple[int, int]:
         if self.rank is not None and self.world_size is not None:
@@ -273,16 +315,14 @@ class SyntheticDataset(IterableDataset):
         return {"seed": int(rng.integers(2**31 - 1)), "night": bool(rng.random() < self.night_fraction),
                 "num_vehicles": int(rng.integers(self.vehicles[0], self.vehicles[1] + 1)),
                 "weather": str(self.weathers[int(rng.integers(len(self.weathers)))]),
-                "warmup": int(rng.integers(0, self.max_warmup_steps + 1))}
+                "warmup": int(rng.integers(0, self.max_warmup_steps + 1)), "traffic_range": self.traffic_range}
 
     def sample(self, index: int, epoch: int = 0) -> dict:
         """Render sample ``index`` of ``epoch`` (deterministic)."""
-        from drivesim.data.world import DrivingWorld, WorldConfig  # the world is only needed here
+        from drivesim.data.world import DrivingWorld  # the world is only needed here
 
         sc = self.scenario(index, epoch)
-        world = DrivingWorld(WorldConfig(seed=sc["seed"], height=self.height, width=self.width, fps=self.fps,
-                                         night=sc["night"], num_vehicles=sc["num_vehicles"],
-                                         weather=sc["weather"]))
+        world = DrivingWorld(world_config(sc, height=self.height, width=self.width, fps=self.fps))
         for _ in range(sc["warmup"]):  # start somewhere along the drive, not always at t = 0
             world.step(render=False)
         frames = [world.step() for _ in range(self.frames)]

@@ -27,7 +27,7 @@ from drivesim.data.clip_format import (
     read_clip,
     write_manifest,
 )
-from drivesim.data.datasets import SyntheticDataset
+from drivesim.data.datasets import SyntheticDataset, world_config
 from drivesim.utils.io import DriveSimInputError
 
 
@@ -52,6 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--night-fraction", type=float, default=0.5, help="probability that a clip is at night")
     parser.add_argument("--min-vehicles", type=int, default=0)
     parser.add_argument("--max-vehicles", type=int, default=12)
+    parser.add_argument("--traffic-range", type=float, default=185.0,
+                        help="metres ahead of the ego within which traffic is simulated (shorter = closer vehicles)")
     parser.add_argument("--weathers", default="clear", help="comma list drawn uniformly: clear,rain,fog")
     parser.add_argument("--format", choices=("mp4", "png", "jpg"), default="mp4", help="frame storage")
     parser.add_argument("--val-fraction", type=float, default=0.1, help="the last clips go to split 'val'")
@@ -64,13 +66,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def export_clip(clip_dir: Path, scenario: dict, *, frames: int, fps: float, size: tuple[int, int],
                 frames_format: str, overwrite: bool) -> None:
     """Render one drive of ``frames`` frames into ``clip_dir`` (atomic)."""
-    from drivesim.data.world import DrivingWorld, WorldConfig
+    from drivesim.data.world import DrivingWorld
 
     h, w = size
-    world = DrivingWorld(WorldConfig(seed=scenario["seed"], height=h, width=w, fps=fps, night=scenario["night"],
-                                     num_vehicles=scenario["num_vehicles"], weather=scenario["weather"]))
+    world = DrivingWorld(world_config(scenario, height=h, width=w, fps=fps))
     labels = {"daynight": "night" if scenario["night"] else "day", "weather": scenario["weather"],
-              "seed": scenario["seed"], "num_vehicles": scenario["num_vehicles"], "source": "synthetic"}
+              "seed": scenario["seed"], "num_vehicles": scenario["num_vehicles"],
+              "traffic_range": scenario["traffic_range"], "source": "synthetic"}
     with ClipWriter(clip_dir, fps=fps, height=h, width=w, labels=labels, frames_format=frames_format,
                     overwrite=overwrite) as writer:  # crowd: computed from the visible vehicles
         for _ in range(scenario["warmup"]):
@@ -85,10 +87,12 @@ def _existing_entry(clip_dir: Path, root: Path, split: str, scenario: dict, fram
                     size: tuple[int, int]) -> ManifestEntry:
     """Manifest entry of a finished clip; refuses one made with other settings."""
     clip = read_clip(clip_dir)
-    found = (clip.labels.get("seed"), clip.num_frames, clip.fps, (clip.height, clip.width))
-    wanted = (scenario["seed"], frames, fps, size)
+    found = (clip.labels.get("seed"), clip.labels.get("num_vehicles"), clip.labels.get("traffic_range", 185.0),
+             clip.num_frames, clip.fps, (clip.height, clip.width))
+    wanted = (scenario["seed"], scenario["num_vehicles"], scenario["traffic_range"], frames, fps, size)
     if found != wanted:
-        raise DriveSimInputError(f"existing clip was made with other settings (seed, frames, fps, size) "
+        raise DriveSimInputError(f"existing clip was made with other settings (seed, vehicles, traffic range, "
+                                 f"frames, fps, size) "
                                  f"{found} != {wanted}; use --overwrite", path=clip_dir / "clip.json",
                                  field="labels.seed", value=found)
     return manifest_entry(clip, root, split)
@@ -108,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
               f"to resume", file=sys.stderr)
         return 2
     source = SyntheticDataset(seed=args.seed, night_fraction=args.night_fraction, min_vehicles=args.min_vehicles,
-                              max_vehicles=args.max_vehicles, weathers=tuple(args.weathers.split(",")))
+                              max_vehicles=args.max_vehicles, weathers=tuple(args.weathers.split(",")),
+                              traffic_range=args.traffic_range)
     entries = []
     bar = tqdm(ids, desc="synth clips", unit="clip", disable=args.no_progress)
     for i, clip_id in enumerate(bar):

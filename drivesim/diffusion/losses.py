@@ -39,28 +39,39 @@ def noise_clip(x0: torch.Tensor, schedule: DiscreteVPSchedule,
     return NoisedClip(schedule.q_sample(x0, t, noise), t, noise)
 
 
-def masked_mse(pred: torch.Tensor, target: torch.Tensor,
-               loss_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean squared error over [B, T, C, h, w], in float32, over frames with loss_mask [B, T] = 1."""
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, loss_mask: torch.Tensor | None = None,
+               weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Weighted mean squared error over [B, T, C, h, w], in float32, over frames with
+    loss_mask [B, T] = 1; ``weight`` (broadcastable to [B, T, 1, h, w], >= 0) re-weights cells:
+    sum(w * err) / sum(w), so a uniform weight is the plain mean."""
     err = (pred.float() - target.float()) ** 2
-    if loss_mask is None:
+    if loss_mask is None and weight is None:
         return err.mean()
-    if loss_mask.shape != pred.shape[:2]:
-        raise ValueError(f"loss_mask: expected shape {tuple(pred.shape[:2])}, got {tuple(loss_mask.shape)}")
-    weight = loss_mask.to(err.dtype)[:, :, None, None, None].expand_as(err)
-    total = weight.sum()
+    w = torch.ones_like(err)
+    if loss_mask is not None:
+        if loss_mask.shape != pred.shape[:2]:
+            raise ValueError(f"loss_mask: expected shape {tuple(pred.shape[:2])}, got {tuple(loss_mask.shape)}")
+        w = w * loss_mask.to(err.dtype)[:, :, None, None, None]
+    if weight is not None:
+        if weight.ndim != 5 or weight.shape[:2] != pred.shape[:2] or weight.shape[-2:] != pred.shape[-2:]:
+            raise ValueError(f"weight: expected shape [B, T, 1 or C, h, w] = {tuple(pred.shape)}, "
+                             f"got {tuple(weight.shape)}")
+        w = w * weight.to(err.dtype)
+    total = w.sum()
     if total == 0:
-        raise ValueError("loss_mask excludes every frame of the batch")
-    return (err * weight).sum() / total
+        raise ValueError("loss_mask / weight exclude every element of the batch")
+    return (err * w).sum() / total
 
 
 def diffusion_loss(network: Network, x0: torch.Tensor, cond: Any, schedule: DiscreteVPSchedule,
                    generator: torch.Generator | None = None, prediction: str = "v",
-                   loss_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """|| net(x_t, t, cond) - target ||^2 with one t per clip; target = v or eps."""
+                   loss_mask: torch.Tensor | None = None,
+                   weight: torch.Tensor | None = None) -> torch.Tensor:
+    """|| net(x_t, t, cond) - target ||^2 with one t per clip; target = v or eps; optional
+    per-frame ``loss_mask`` [B, T] and per-cell ``weight`` [B, T, 1, h, w] (see masked_mse)."""
     check_prediction(prediction)
     noised = noise_clip(x0, schedule, generator)
     a, s = schedule.coefficients(noised.t, x0)
     target = training_target(x0, noised.noise, a, s, prediction)
     out = network(noised.x_t, noised.t, cond)
-    return masked_mse(out, target, loss_mask)
+    return masked_mse(out, target, loss_mask, weight)

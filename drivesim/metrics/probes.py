@@ -134,7 +134,8 @@ class ImageScenario:
 
 
 def world_scenarios(base_seed: int, count: int, height: int, width: int, fps: float = 10.0,
-                    max_boxes: int = 16) -> list[ImageScenario]:
+                    max_boxes: int = 16, min_vehicles: int = 0, max_vehicles: int = 12,
+                    traffic_range: float = 185.0) -> list[ImageScenario]:
     """``count`` scenarios drawn like the training data (``SyntheticDataset(seed=base_seed)
     .scenario(i)``: world seed, vehicle count, weather, warm-up), rendered day and night.
 
@@ -142,17 +143,17 @@ def world_scenarios(base_seed: int, count: int, height: int, width: int, fps: fl
     from the render at ``height x width`` (what a training sample at that size holds),
     truncated to the ``max_boxes`` largest like the model's input.
     """
-    from drivesim.data.datasets import SyntheticDataset
-    from drivesim.data.world import DrivingWorld, WorldConfig
+    from drivesim.data.datasets import SyntheticDataset, world_config
+    from drivesim.data.world import DrivingWorld
 
-    source = SyntheticDataset(frames=1, fps=fps, height=height, width=width, seed=base_seed)
+    source = SyntheticDataset(frames=1, fps=fps, height=height, width=width, seed=base_seed,
+                              min_vehicles=min_vehicles, max_vehicles=max_vehicles, traffic_range=traffic_range)
     out = []
     for i in range(count):
         sc = source.scenario(i)
         frames = {}
         for night in (False, True):
-            world = DrivingWorld(WorldConfig(seed=sc["seed"], height=height, width=width, fps=fps, night=night,
-                                             num_vehicles=sc["num_vehicles"], weather=sc["weather"]))
+            world = DrivingWorld(world_config(sc, height=height, width=width, fps=fps, night=night))
             for _ in range(sc["warmup"]):
                 world.step(render=False)
             frames[night] = world.step()

@@ -55,6 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--scenario", default="synthetic:3", help="synthetic:SEED | FILE.json | clip:DIR | none")
     a("--scenario-end", choices=END_POLICIES, help="scenario shorter than the drive: fail or hold")
     a("--crowd", choices=tuple(SYNTHETIC_VEHICLES), default="moderate", help="synthetic traffic")
+    a("--traffic-range", type=float, default=185.0,
+      help="synthetic scenario: metres of simulated traffic ahead (match the training data's)")
     a("--start", default="auto", help="auto | image | clip:DIR (first frames from a real clip)")
     a("--start-frames", type=int, default=1, choices=(1, 2), help="start frames taken from a clip")
     a("--size", default=None, help="HxW of generated frames for an image start (default: the "
@@ -186,7 +188,8 @@ def build_job(args: argparse.Namespace, loaded: Loaded, daynight: str | None, ou
     plan = RolloutPlan(seconds=args.seconds, model_fps=loaded.fps, window=loaded.window,
                        context=args.context, first_context=args.start_frames, interp_factor=r)
     scenario = load_scenario(args.scenario, fps=plan.output_fps, daynight=daynight, crowd=args.crowd,
-                             end=args.scenario_end, max_boxes=loaded.max_boxes)
+                             end=args.scenario_end, max_boxes=loaded.max_boxes,
+                             traffic_range=args.traffic_range)
     ckpts = {"video": args.video_ckpt, "ae": args.ae_ckpt, "image": args.image_ckpt,
              "interp": args.interp_ckpt}
     fp = fingerprint(ckpts, _fingerprint_args(args, plan, daynight), scenario.describe())

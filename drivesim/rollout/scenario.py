@@ -232,11 +232,13 @@ class SyntheticScenario(Scenario):
     """
 
     def __init__(self, seed: int, *, fps: float, night: bool = False, crowd: str = "moderate",
-                 max_boxes: int = 16, cache: int = 256, crowd_probe_s: float = 30.0) -> None:
+                 max_boxes: int = 16, cache: int = 256, crowd_probe_s: float = 30.0,
+                 traffic_range: float = 185.0) -> None:
         if crowd not in SYNTHETIC_VEHICLES:
             raise DriveSimInputError(f"expected one of {tuple(SYNTHETIC_VEHICLES)}",
                                      path=f"synthetic:{seed}", field="crowd", value=crowd)
         self.seed, self.night, self.crowd_knob = int(seed), bool(night), crowd
+        self.traffic_range = float(traffic_range)
         self._cache: OrderedDict[int, tuple] = OrderedDict()
         self._cache_size, self._world, self._next = cache, None, 0
         super().__init__(fps=fps, daynight=L.NIGHT if night else L.DAY, crowd=L.CROWD_UNKNOWN,
@@ -250,7 +252,7 @@ class SyntheticScenario(Scenario):
         from drivesim.data.world import DrivingWorld, WorldConfig
 
         cfg = WorldConfig(seed=self.seed, fps=self.fps, night=self.night,
-                          num_vehicles=SYNTHETIC_VEHICLES[self.crowd_knob])
+                          num_vehicles=SYNTHETIC_VEHICLES[self.crowd_knob], traffic_range=self.traffic_range)
         return DrivingWorld(cfg)
 
     def _frame(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -275,7 +277,7 @@ class SyntheticScenario(Scenario):
 
     def describe(self):
         return {"kind": "synthetic", "seed": self.seed, "fps": self.fps, "night": self.night,
-                "crowd": self.crowd_knob, "max_boxes": self.max_boxes}
+                "crowd": self.crowd_knob, "max_boxes": self.max_boxes, "traffic_range": self.traffic_range}
 
 
 class ClipScenario(Scenario):
@@ -308,7 +310,7 @@ class ClipScenario(Scenario):
 
 
 def load_scenario(spec: str, *, fps: float, daynight: str | None = None, crowd: str = "moderate",
-                  end: str | None = None, max_boxes: int = 16) -> Scenario:
+                  end: str | None = None, max_boxes: int = 16, traffic_range: float = 185.0) -> Scenario:
     """Parse ``--scenario``: ``synthetic:SEED`` | ``clip:DIR`` | ``none`` | a JSON path.
 
     ``fps`` is the rate the synthetic world is stepped at (the rollout's output fps);
@@ -323,7 +325,7 @@ def load_scenario(spec: str, *, fps: float, daynight: str | None = None, crowd: 
             raise DriveSimInputError("expected synthetic:SEED with an integer seed",
                                      field="--scenario", value=spec)
         return SyntheticScenario(int(seed), fps=fps, night=dn == L.NIGHT, crowd=crowd,
-                                 max_boxes=max_boxes)
+                                 max_boxes=max_boxes, traffic_range=traffic_range)
     if spec.startswith("clip:"):
         return ClipScenario(spec.split(":", 1)[1], daynight=dn, end=end or "fail",
                             max_boxes=max_boxes)

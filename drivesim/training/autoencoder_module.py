@@ -34,6 +34,7 @@ from drivesim.models.autoencoder import (
 )
 from drivesim.models.discriminators import PatchDiscriminator2d, VideoDiscriminator3d, hinge_d_loss
 from drivesim.models.lpips import load_lpips
+from drivesim.training.budget import budget_progress, check_schedule, lr_factor, make_adam
 from drivesim.training.checkpoints import (
     attach_model_to_checkpoint,
     load_model_file,
@@ -62,7 +63,16 @@ def adaptive_weight(rec_loss: torch.Tensor, g_loss: torch.Tensor, last_layer: to
 
 
 class AutoencoderModule(LightningModule):
-    """Trains :class:`AutoencoderKL`; the constructor arguments are the YAML config."""
+    """Trains :class:`AutoencoderKL`; the constructor arguments are the YAML config.
+
+    ``train_crop: [h, w]`` trains on one random window per batch (multiples of the downsampling
+    factor; validation uses full frames). ``warmup_steps`` / ``lr_decay_fraction``: the budget
+    schedule of both optimizers (``training/budget.py``: linear decay over the last fraction
+    of ``max_steps`` or ``max_time``, whichever ends first). ``flicker_weight`` (temporal stage,
+    beyond the paper) adds ``w * sum |(x_hat[t+1] - x_hat[t]) - (x[t+1] - x[t])|`` per frame pair, a
+    direct penalty on the flicker metric next to the video discriminator. ``latent_noise``
+    (beyond the paper) decodes ``z + latent_noise * std(z) * eps`` in training (robust decoder).
+    """
 
     def __init__(self, stage: str = "image", base_channels: int = 128, ch_mult: Sequence[int] = (1, 2, 2, 4),
                  num_res_blocks: int = 2, latent_channels: int = 4, temporal_kernel: int = 3,
@@ -71,10 +81,22 @@ class AutoencoderModule(LightningModule):
                  kl_weight: float = 1e-6, lpips_path: str | None = None, lpips_weight: float = 1.0,
                  disc_weight: float = 0.5, disc_start: int = 50001, disc_channels: int = 64, disc_layers: int = 3,
                  init_from: str | None = None, freeze_spatial_decoder: bool = False, scale_batches: int = 4,
-                 model_file: str | None = None, overwrite: bool = False, seed: int = 0) -> None:
+                 model_file: str | None = None, overwrite: bool = False, seed: int = 0,
+                 train_crop: Sequence[int] | None = None, warmup_steps: int = 0,
+                 lr_decay_fraction: float = 0.0, flicker_weight: float = 0.0, latent_noise: float = 0.0) -> None:
         super().__init__()
         if stage not in STAGES:
             raise DriveSimInputError(f"stage must be one of {STAGES}", field="stage", value=stage)
+        check_schedule(warmup_steps, lr_decay_fraction)
+        for name, value in (("flicker_weight", flicker_weight), ("latent_noise", latent_noise)):
+            if not value >= 0.0:
+                raise DriveSimInputError(f"{name} must be >= 0", field=name, value=value)
+        if train_crop is not None:
+            train_crop = [int(v) for v in train_crop]
+            f = patch_size * 2 ** (len(ch_mult) - 1)
+            if len(train_crop) != 2 or min(train_crop) < f or any(v % f for v in train_crop):
+                raise DriveSimInputError(f"train_crop must be [height, width], multiples of the downsampling "
+                                         f"factor f={f}", field="train_crop", value=train_crop)
         if stage == "temporal" and not init_from:
             raise DriveSimInputError("the temporal stage starts from an image-stage model file; set init_from",
                                      field="init_from", value=init_from)
@@ -139,10 +161,21 @@ class AutoencoderModule(LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         params = [p for p in self.autoencoder.parameters() if p.requires_grad]
-        opt_ae = torch.optim.Adam(params, lr=hp.learning_rate, betas=(0.5, 0.9))
-        opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=hp.disc_learning_rate or hp.learning_rate,
-                                 betas=(0.5, 0.9))
+        opt_ae = make_adam(params, hp.learning_rate, (0.5, 0.9))
+        opt_d = make_adam(self.discriminator.parameters(), hp.disc_learning_rate or hp.learning_rate, (0.5, 0.9))
         return [opt_ae, opt_d]
+
+    def _apply_lr_schedule(self, *optimizers: torch.optim.Optimizer) -> float:
+        """Manual optimisation: set each optimizer's lr to its base lr times the budget schedule
+        (warm-up, then linear decay over the last ``lr_decay_fraction`` of the budget)."""
+        hp = self.hparams
+        factor = lr_factor(int(self.train_steps), budget_progress(self._trainer), hp.warmup_steps,
+                           hp.lr_decay_fraction)
+        for opt in optimizers:
+            for group in opt.param_groups:
+                group.setdefault("base_lr", group["lr"])
+                group["lr"] = group["base_lr"] * factor
+        return factor
 
     def on_fit_start(self) -> None:
         path = self._model_file_path()
@@ -177,12 +210,20 @@ class AutoencoderModule(LightningModule):
     def _generator_losses(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
         hp = self.hparams
         posterior = self._posterior(x)
-        z = posterior.sample(self._rng(x.device))
-        recon = self.autoencoder.decode(z)
+        gen = self._rng(x.device)
+        z = posterior.sample(gen)
+        recon = self.autoencoder.decode(self._noisy_latents(z, gen))
         rec = self._rec_loss(x, recon)
         kl = posterior.kl().mean()
         loss = rec + hp.kl_weight * kl
         logs = {"rec_loss": rec.detach(), "kl": kl.detach(), "l1": (x - recon).abs().mean().detach()}
+        if hp.flicker_weight > 0 and x.shape[1] > 1:
+            # sum over pixels of |(x_hat[t+1] - x_hat[t]) - (x[t+1] - x[t])| per frame pair: the
+            # flicker metric in the units of the per-frame L1 sum
+            diff = ((recon[:, 1:] - recon[:, :-1]) - (x[:, 1:] - x[:, :-1])).abs()
+            temporal = diff.sum() / (diff.shape[0] * diff.shape[1])
+            loss = loss + hp.flicker_weight * temporal
+            logs["flicker_loss"] = temporal.detach()
         if int(self.train_steps) >= hp.disc_start:
             g_loss = -self.discriminator(recon).mean()
             weight = adaptive_weight(rec, g_loss, self._adaptive_layer()) * hp.disc_weight
@@ -190,6 +231,17 @@ class AutoencoderModule(LightningModule):
             logs.update(g_loss=g_loss.detach(), d_weight=weight)
         self._track_latent_variance(z.detach())
         return loss, recon, logs
+
+    def _noisy_latents(self, z: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """z + latent_noise * std(z) * eps: the decoder learns to render slightly-off latents
+        smoothly. Why: with kl_weight ~1e-6 the posterior std collapses (~1% of the latent std),
+        so the decoder only ever sees exact latents and turns a diffusion model's residual
+        latent noise into high-frequency texture; the relative scale (detached) keeps the
+        encoder from outgrowing the noise."""
+        if self.hparams.latent_noise == 0.0:
+            return z
+        eps = torch.randn(z.shape, generator=generator, device=generator.device).to(z)
+        return z + self.hparams.latent_noise * z.detach().std() * eps
 
     def _track_latent_variance(self, z: torch.Tensor) -> None:
         """Running (EMA) latent variance so that every Lightning checkpoint carries a usable scale
@@ -202,9 +254,26 @@ class AutoencoderModule(LightningModule):
         self.autoencoder.set_scale_factor(float(self.latent_var_ema.clamp_min(1e-12).rsqrt()))
 
     # ----------------------------------------------------------------- steps
+    def _random_crop(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, T, 3, H, W] -> [B, T, 3, h, w]``: one random ``train_crop`` window for the whole batch,
+        drawn from the step's generator. The networks are fully convolutional, so training on crops
+        costs H*W / (h*w) times less per step; validation uses the full frame. One window per batch
+        rather than per clip: in paired 3-minute CPU runs it reached 23.6 vs 21.5 dB (docs/autoencoder.md)."""
+        if self.hparams.train_crop is None:
+            return x
+        (h, w), (full_h, full_w) = self.hparams.train_crop, x.shape[-2:]
+        if h > full_h or w > full_w:
+            raise DriveSimInputError(f"train_crop is larger than the frames ({full_h} x {full_w})",
+                                     field="train_crop", value=list(self.hparams.train_crop))
+        gen = step_generator(self.hparams.seed + 1, int(self.train_steps), self.global_rank)
+        top = int(torch.randint(0, full_h - h + 1, (1,), generator=gen))
+        left = int(torch.randint(0, full_w - w + 1, (1,), generator=gen))
+        return x[..., top:top + h, left:left + w].contiguous()
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        x = batch["video"]
+        x = self._random_crop(batch["video"])
         opt_ae, opt_d = self.optimizers()
+        logs_lr = self._apply_lr_schedule(opt_ae, opt_d)
         loss, recon, logs = self._generator_losses(x)
         opt_ae.zero_grad(set_to_none=True)
         self.manual_backward(loss)
@@ -216,6 +285,7 @@ class AutoencoderModule(LightningModule):
             opt_d.step()
             logs["d_loss"] = d_loss.detach()
         self.train_steps += 1
+        logs["lr_factor"] = torch.tensor(logs_lr)
         self.log_dict({f"train/{k}": v for k, v in logs.items()}, prog_bar=False, batch_size=x.shape[0])
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=x.shape[0])
         return loss.detach()

@@ -17,8 +17,11 @@ from pathlib import Path
 from drivesim.training.pipeline import Stage, StageFailed, banner, run_pipeline
 
 # Wall-time budget per training stage in minutes at --minutes 20 (scaled linearly).
-_TRAIN_MINUTES = {"autoencoder": 3.0, "autoencoder_temporal": 1.25, "image_ldm": 2.75,
+_TRAIN_MINUTES = {"autoencoder": 3.5, "autoencoder_temporal": 1.0, "image_ldm": 3.0,
                   "video_ldm": 3.0}
+# The demo's world: dense traffic close to the camera (the tiny configs' synthetic source
+# uses the same), so the scenario's vehicles are large enough to see at 64x128.
+_TRAFFIC = ["--traffic-range", "60"]
 _BUDGET_AT = 20.0
 
 
@@ -57,7 +60,8 @@ def demo_stages(runs: Path, *, minutes: float = _BUDGET_AT, seconds: float = 120
         Stage("data", "export the synthetic world (train/val clips, 64x128 @ 10 fps)",
               ["data", "synth", "--out", str(data), "--clips", str(clips), "--seconds", "12",
                "--fps", "10", "--size", "64x128", "--seed", "0", "--val-fraction", "0.25",
-               "--night-fraction", "0.5", "--skip-existing"],
+               "--night-fraction", "0.5", "--min-vehicles", "4", "--max-vehicles", "12", *_TRAFFIC,
+               "--overwrite"],
               outputs=[data / "manifest.jsonl"]),
         _fit("autoencoder", "configs/autoencoder/tiny.yaml", root,
              _TRAIN_MINUTES["autoencoder"] * scale, clip_data),
@@ -75,7 +79,7 @@ def demo_stages(runs: Path, *, minutes: float = _BUDGET_AT, seconds: float = 120
               "--model.init_args.init_from", str(img)]),
         Stage("rollouts", f"{seconds / 60:g}-minute day and night rollouts",
               ["rollout", "--preset", "demo", "--runs", str(runs), "--seconds", str(seconds),
-               "--steps", str(rollout_steps), "--overwrite", "--debug-video"],
+               "--steps", str(rollout_steps), "--crowd", "crowded", *_TRAFFIC, "--overwrite", "--debug-video"],
               outputs=[rollouts / "day" / "clip.json", rollouts / "night" / "clip.json"]),
         Stage("eval", "oracle metrics of the rollouts against held-out synthetic clips",
               ["eval", "--real", str(data), "--real-split", "val", "--fake", str(rollouts),

@@ -21,6 +21,7 @@ import torch
 from einops import rearrange
 from lightning.pytorch import LightningModule
 
+from drivesim.data.labels import VEHICLE_CLASSES
 from drivesim.diffusion.guidance import guided_denoiser
 from drivesim.diffusion.losses import diffusion_loss
 from drivesim.diffusion.masks import (
@@ -32,8 +33,9 @@ from drivesim.diffusion.masks import (
 from drivesim.diffusion.parameterization import Denoiser, check_prediction
 from drivesim.diffusion.samplers import ddim_sample, dpmpp_2m_sample
 from drivesim.diffusion.schedule import DiscreteVPSchedule
-from drivesim.models.conditioning import Conditioning
+from drivesim.models.conditioning import Conditioning, box_layout
 from drivesim.models.unet import UNet, parameter_group
+from drivesim.training.budget import budget_progress, check_schedule, lr_factor, make_adam
 from drivesim.training.checkpoints import attach_model_to_checkpoint, save_model_file
 from drivesim.training.rng import step_generator
 from drivesim.utils.io import DriveSimInputError
@@ -67,6 +69,10 @@ class LatentDiffusionModule(LightningModule):
         regime_fps_split: interpolation windows with fps below it get regime 0
             (1.875 -> 7.5 fps), others regime 1 (7.5 -> 30 fps); a batch ``regime`` wins.
         lr, weight_decay, betas, warmup_steps: AdamW with linear warm-up.
+        lr_decay_fraction: linear decay of the lr over the last fraction of the budget
+            (``max_steps`` or ``max_time``, whichever ends first; ``training/budget.py``).
+        box_loss_weight: lambda of the box-weighted loss: latent cells covered by vehicle boxes
+            weigh 1 + lambda (GeoDiffusion-style foreground re-weighting; 0 = plain loss).
         train_spatial_lr_scale: video stages: 0 freezes spatial + conditioning layers (only
             temporal / context parameters are optimised); > 0 trains them at lr * scale.
         latent_size: (h, w) of generated latents when no batch gives the size.
@@ -86,9 +92,13 @@ class LatentDiffusionModule(LightningModule):
                  warmup_steps: int = 1000, train_spatial_lr_scale: float = 0.0,
                  latent_size: Sequence[int] = (8, 16), val_sample_steps: int = 20,
                  num_val_samples: int = 4, val_guidance: float = 2.0, val_seed: int = 0,
-                 seed: int = 0, model_file: str | None = None, overwrite: bool = False, compile: bool = False) -> None:
+                 seed: int = 0, model_file: str | None = None, overwrite: bool = False, compile: bool = False,
+                 lr_decay_fraction: float = 0.0, box_loss_weight: float = 0.0) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["unet"])
+        check_schedule(warmup_steps, lr_decay_fraction)
+        if not box_loss_weight >= 0.0:
+            raise ValueError(f"box_loss_weight: expected >= 0, got {box_loss_weight!r}")
         _check_config(unet, stage, prediction,
                       {"drop_boxes": drop_boxes, "drop_labels": drop_labels, "drop_context": drop_context})
         self.unet = unet
@@ -274,7 +284,20 @@ class LatentDiffusionModule(LightningModule):
         if cond.context_mask is not None and not self.hparams.loss_on_context_frames:
             loss_mask = 1.0 - cond.context_mask
         return diffusion_loss(self.unet, z, cond, self.schedule, generator=generator,
-                              prediction=self.hparams.prediction, loss_mask=loss_mask)
+                              prediction=self.hparams.prediction, loss_mask=loss_mask,
+                              weight=self._box_weight(batch, z))
+
+    def _box_weight(self, batch: dict[str, Any], z: torch.Tensor) -> torch.Tensor | None:
+        """[B, T, 1, h, w] = 1 + box_loss_weight * (vehicle-box coverage of each latent cell),
+        from the batch's boxes whether or not guidance dropout hid them from the network
+        (the weight says where the vehicles are in x0, not what the network was told)."""
+        lam = float(self.hparams.box_loss_weight)
+        if lam == 0.0 or "boxes" not in batch:
+            return None
+        b, t, _, h, w = z.shape
+        cover = box_layout(Conditioning.from_batch(batch), b, t, h, w, z.device)  # [(B T), C_l, h, w]
+        vehicles = cover[:, [c - 1 for c in VEHICLE_CLASSES]].amax(dim=1, keepdim=True)
+        return 1.0 + lam * rearrange(vehicles, "(b t) 1 h w -> b t 1 h w", b=b)
 
     def _common_step(self, batch: dict[str, Any], stage: str,
                      generator: torch.Generator | None = None) -> torch.Tensor:
@@ -372,11 +395,11 @@ class LatentDiffusionModule(LightningModule):
         if hp.stage != "image" and hp.train_spatial_lr_scale > 0:
             spatial = groups["spatial"] + groups["conditioning"]
             param_groups.append({"params": spatial, "lr": hp.lr * hp.train_spatial_lr_scale})
-        optimizer = torch.optim.AdamW([g for g in param_groups if g["params"]], lr=hp.lr,
-                                      betas=tuple(hp.betas), weight_decay=hp.weight_decay)
-        warmup = max(int(hp.warmup_steps), 0)
+        optimizer = make_adam([g for g in param_groups if g["params"]], hp.lr, tuple(hp.betas),
+                              hp.weight_decay, decoupled=True)
+        warmup, decay = max(int(hp.warmup_steps), 0), float(hp.lr_decay_fraction)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
+            optimizer, lambda step: lr_factor(step, budget_progress(self._trainer), warmup, decay))
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

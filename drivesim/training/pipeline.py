@@ -1,12 +1,16 @@
 """Staged runs with stamps: each stage is one `drivesim` command; a finished stage is skipped.
 
-A stage counts as finished when its stamp file exists and every output it names exists.
-The stamp is written atomically after the command succeeds, so a killed stage simply runs
-again. Used by `drivesim demo` (the tiny stack end to end) and `drivesim train`.
+A stage counts as finished when its stamp file exists, every output it names exists and
+the stamp's fingerprint (the command line plus the contents of the YAML configs it names)
+equals the stage's: a changed argument or config re-runs the stage instead of reusing
+results made with the old settings. The stamp is written atomically after the command
+succeeds, so a killed stage simply runs again. Used by `drivesim demo` (the tiny stack end
+to end) and `drivesim train`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shlex
@@ -47,8 +51,23 @@ def _stamp_path(stamp_dir: Path, stage: Stage) -> Path:
     return stamp_dir / f"{stage.name}.done.json"
 
 
+def fingerprint(stage: Stage) -> str:
+    """sha256 of the argv and of the contents of the ``.yaml`` files it names (the configs)."""
+    h = hashlib.sha256(json.dumps(stage.argv).encode())
+    for arg in stage.argv:
+        if arg.endswith((".yaml", ".yml")) and Path(arg).is_file():
+            h.update(Path(arg).read_bytes())
+    return h.hexdigest()
+
+
 def is_done(stage: Stage, stamp_dir: Path) -> bool:
-    return _stamp_path(stamp_dir, stage).is_file() and all(p.exists() for p in stage.outputs)
+    path = _stamp_path(stamp_dir, stage)
+    if not (path.is_file() and all(p.exists() for p in stage.outputs)):
+        return False
+    try:
+        return json.loads(path.read_text()).get("fingerprint") == fingerprint(stage)
+    except (OSError, ValueError):  # an unreadable stamp: the stage runs again
+        return False
 
 
 def banner(text: str) -> None:
@@ -80,7 +99,8 @@ def run_stage(stage: Stage, stamp_dir: Path, *, force: bool = False, index: int 
         raise StageFailed(f"stage '{stage.name}' finished but did not write {missing}")
     stamp_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(_stamp_path(stamp_dir, stage),
-                      {"stage": stage.name, "argv": stage.argv, "seconds": seconds,
+                      {"stage": stage.name, "argv": stage.argv, "fingerprint": fingerprint(stage),
+                       "seconds": seconds,
                        "outputs": [str(p) for p in stage.outputs],
                        "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
     print(f"-- {stage.title}: {seconds:.0f} s", flush=True)

@@ -191,3 +191,24 @@ def test_synthetic_night_fraction_and_rank_split():
     assert [s["clip_id"] for s in items] == [f"synth-s5-e0-i{i}" for i in (1, 3, 5)]
     day = [_synthetic(night_fraction=0.0).scenario(i)["night"] for i in range(20)]
     assert not any(day)
+
+
+def test_frame_cache_returns_the_same_windows_and_stays_within_its_budget(tmp_path):
+    root = make_dataset(tmp_path, lengths=(40, 40, 40), fmt="mp4")
+    plain = ClipDataset(root, "train", frames=2, fps=10.0, height=H, width=W)
+    one_clip_mb = 40 * H * W * 3 / 2**20
+    cached = ClipDataset(root, "train", frames=2, fps=10.0, height=H, width=W, cache_mb=2.5 * one_clip_mb)
+    order = [0, 7, 3, 12, 5, 0, 13, 8, 1]
+    for i in order:
+        a, b = plain[i], cached[i]
+        assert torch.equal(a["video"], b["video"]) and torch.equal(a["boxes"], b["boxes"])
+    assert len(cached._cache) == 2 and cached._cache_bytes <= 2.5 * one_clip_mb * 2**20  # LRU evicted one
+    assert not cached._open  # cached clips closed their decoders
+
+
+def test_frame_cache_falls_back_to_windows_when_a_frame_is_broken(tmp_path):
+    root = make_dataset(tmp_path, lengths=(40, 40))
+    ds = ClipDataset(root, "train", frames=4, fps=10.0, height=H, width=W, lenient=True, cache_mb=10)
+    (root / "c0" / "frames" / "000030.png").write_bytes(b"junk")  # in window 2 of c0 only
+    assert ds[0]["clip_id"] == "c0" and not ds.decode_failures  # window 0 still reads
+    assert ds[2]["clip_id"] == "c1" and ds.decode_failures == {"c0": 1}

@@ -244,6 +244,26 @@ def test_crowdedness_knob_controls_visible_vehicles():
     assert max(len(f.boxes) for f in quiet) <= 1
 
 
+def test_traffic_range_packs_the_traffic_close_to_the_ego():
+    near_cfg = WorldConfig(seed=3, num_vehicles=10, traffic_range=60.0, **SMALL)
+    far_cfg = WorldConfig(seed=3, num_vehicles=10, **SMALL)
+    near, far = DrivingWorld(near_cfg), DrivingWorld(far_cfg)
+    gaps_near, gaps_far = [], []
+    for _ in range(200):
+        near.step(render=False)
+        far.step(render=False)
+        for world, gaps in ((near, gaps_near), (far, gaps_far)):
+            t = world.traffic
+            gaps += list((t.s[t.active] - t.s[0])[1:])
+    assert max(gaps_near) <= 60.0 + 1.0 and min(gaps_near) >= -70.0 - 1.0  # one tick of motion at most
+    assert max(gaps_far) > 100.0
+    assert np.median(np.abs(gaps_near)) < 0.5 * np.median(np.abs(gaps_far))
+    # the default range is the historical window: drives with it are unchanged (other tests pin them)
+    assert DrivingWorld(far_cfg).traffic.spawn_ranges["ahead"] == (120.0, 175.0)
+    with pytest.raises(DriveSimInputError, match="traffic_range"):
+        WorldConfig(traffic_range=10.0)
+
+
 def test_pedestrians_walk_on_the_sidewalks_and_are_labelled_upright():
     world = DrivingWorld(WorldConfig(seed=41, num_vehicles=4, num_pedestrians=10, **SMALL))
     ped = CLASS_IDS["pedestrian"]

@@ -63,7 +63,21 @@ def test_seeded_and_masked_mean(generator):
     assert net.weight.grad is not None and net.weight.grad.abs().sum() > 0
     pred, target = torch.zeros(1, 2, 1, 1, 1), torch.tensor([1.0, 3.0]).reshape(1, 2, 1, 1, 1)
     assert float(masked_mse(pred, target, torch.tensor([[0.0, 1.0]]))) == 9.0
-    with pytest.raises(ValueError, match="excludes every frame"):
+    with pytest.raises(ValueError, match="exclude every element"):
         masked_mse(pred, target, torch.zeros(1, 2))
     with pytest.raises(ValueError, match="B, T, C, h, w"):
         noise_clip(torch.zeros(2, 3, 4, 4), SCHED)
+
+
+def test_weighted_mse_reweights_cells_and_combines_with_the_frame_mask():
+    pred = torch.zeros(1, 2, 1, 1, 2)
+    target = torch.tensor([[1.0, 3.0], [2.0, 4.0]]).reshape(1, 2, 1, 1, 2)  # errors 1, 9 | 4, 16
+    uniform = torch.full((1, 2, 1, 1, 2), 3.0)
+    assert float(masked_mse(pred, target, weight=uniform)) == pytest.approx(float(masked_mse(pred, target)))
+    # weight 1 on the first cell, 3 on the second: (1*1 + 3*9 + 1*4 + 3*16) / 8
+    w = torch.tensor([1.0, 3.0]).reshape(1, 1, 1, 1, 2).expand(1, 2, 1, 1, 2)
+    assert float(masked_mse(pred, target, weight=w)) == pytest.approx((1 + 27 + 4 + 48) / 8)
+    # frame 0 masked out: (4 + 48) / 4
+    assert float(masked_mse(pred, target, torch.tensor([[0.0, 1.0]]), w)) == pytest.approx(52 / 4)
+    with pytest.raises(ValueError, match="weight"):
+        masked_mse(pred, target, weight=torch.ones(1, 2, 1, 3, 3))

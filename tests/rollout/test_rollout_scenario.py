@@ -144,6 +144,20 @@ def test_synthetic_scenario_is_lazy_deterministic_and_rewinds():
     np.testing.assert_array_equal(fresh.frames_at(range(0, 20), rate=2.0).boxes, ahead.boxes[::2])
 
 
+def test_synthetic_scenario_traffic_range_reaches_the_world_and_the_state():
+    near = load_scenario("synthetic:3", fps=4.0, crowd="crowded", traffic_range=60.0, max_boxes=16)
+    far = load_scenario("synthetic:3", fps=4.0, crowd="crowded", max_boxes=16)
+    assert near.describe()["traffic_range"] == 60.0 and far.describe()["traffic_range"] == 185.0
+
+    def mean_area(sc):
+        f = sc.frames_at(range(60), rate=4.0)
+        real = f.classes > 0
+        wh = (f.boxes[..., 2] - f.boxes[..., 0]) * (f.boxes[..., 3] - f.boxes[..., 1])
+        return float(wh[real].mean())
+
+    assert mean_area(near) > 1.5 * mean_area(far)  # the same traffic, closer to the camera
+
+
 def test_preset_demo_resolves_checkpoints(tmp_path):
     import argparse
 

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from lightning.pytorch import Trainer
+from lightning.pytorch import Callback, Trainer
 from torch.utils.data import DataLoader, Dataset
 
 from drivesim.models.autoencoder import AutoencoderKL, load_autoencoder
@@ -166,3 +166,79 @@ def test_fit_on_the_synthetic_world_lowers_the_loss(tmp_path):
     after = _l1(module.autoencoder.eval(), held_out)
     assert after < 0.85 * before, (before, after)  # measured 0.90 -> 0.64 after 24 steps
     assert load_autoencoder(tmp_path / "ae.safetensors").has_scale_factor()
+
+
+def test_train_crop_is_one_seeded_window_per_batch_and_is_checked():
+    module = AutoencoderModule(stage="image", train_crop=[8, 8], **SMALL)
+    x = torch.arange(2 * 1 * 3 * 16 * 16, dtype=torch.float32).reshape(2, 1, 3, 16, 16)
+    a, b = module._random_crop(x), module._random_crop(x)
+    assert a.shape == (2, 1, 3, 8, 8) and a.is_contiguous() and torch.equal(a, b)  # same step, same window
+    top, left = divmod(int(a[0, 0, 0, 0, 0]), 16)
+    assert torch.equal(a, x[..., top:top + 8, left:left + 8])  # every clip gets the same window
+    module.train_steps += 1
+    windows = set()
+    for _ in range(20):
+        windows.add(int(module._random_crop(x)[0, 0, 0, 0, 0]))
+        module.train_steps += 1
+    assert len(windows) > 5  # the window moves from step to step
+    assert torch.equal(AutoencoderModule(stage="image", **SMALL)._random_crop(x), x)  # no crop configured
+    with pytest.raises(DriveSimInputError, match="train_crop"):
+        AutoencoderModule(stage="image", train_crop=[7, 8], **SMALL)  # not a multiple of f = 2
+    with pytest.raises(DriveSimInputError, match="larger than the frames"):
+        AutoencoderModule(stage="image", train_crop=[32, 32], **SMALL)._random_crop(x)
+
+
+def test_budget_schedule_decays_both_optimizers_to_the_floor(tmp_path):
+    loader = DataLoader(_Clips(8, 1), batch_size=4, shuffle=False)
+    module = AutoencoderModule(stage="image", disc_start=100, warmup_steps=2, lr_decay_fraction=0.5,
+                               train_crop=[8, 8], model_file=str(tmp_path / "a.safetensors"), **SMALL)
+    seen = []
+
+    class Probe(Callback):
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            seen.append([g["lr"] for opt in pl_module.optimizers() for g in opt.optimizer.param_groups])
+
+    _trainer(tmp_path, 20, callbacks=[Probe()]).fit(module, train_dataloaders=loader)
+    lr = SMALL["learning_rate"]
+    assert seen[0] == pytest.approx([0.5 * lr, 0.5 * lr])          # warm-up: (0 + 1) / 2
+    assert seen[3] == pytest.approx([lr, lr])                      # full rate before the decay
+    # decay over the last half of max_steps = 20: at the last batch (global step 19) 1 / 20 / 0.5
+    assert seen[-1] == pytest.approx([0.1 * lr, 0.1 * lr])
+    assert len(seen) == 20
+
+
+def test_flicker_weight_adds_the_frame_difference_penalty(tmp_path):
+    image, _ = _fit_image(tmp_path, steps=2)
+    x = next(iter(DataLoader(_Clips(2, 4, seed=2), batch_size=2)))["video"]
+    losses = {}
+    for w in (0.0, 2.0):
+        module = AutoencoderModule(stage="temporal", init_from=str(tmp_path / "image.safetensors"),
+                                   flicker_weight=w, **SMALL)
+        loss, recon, logs = module._generator_losses(x)
+        losses[w] = (float(loss), logs)
+    diff = ((recon[:, 1:] - recon[:, :-1]) - (x[:, 1:] - x[:, :-1])).abs().sum() / (2 * 3)
+    assert "flicker_loss" not in losses[0.0][1]
+    assert float(losses[2.0][1]["flicker_loss"]) == pytest.approx(float(diff), rel=1e-3)
+    # same posterior sample (step generator), so the totals differ by exactly the penalty
+    assert losses[2.0][0] - losses[0.0][0] == pytest.approx(2.0 * float(diff), rel=1e-3)
+    with pytest.raises(DriveSimInputError, match="flicker_weight"):
+        AutoencoderModule(stage="image", flicker_weight=-1.0, **SMALL)
+
+
+def test_latent_noise_perturbs_only_the_decoder_input_in_training(tmp_path):
+    x = next(iter(DataLoader(_Clips(4, 1), batch_size=4)))["video"]
+    z = torch.randn(4, 1, 4, 8, 8, generator=torch.Generator().manual_seed(0)) * 3.0
+    plain = AutoencoderModule(stage="image", **SMALL)
+    assert plain._noisy_latents(z, torch.Generator().manual_seed(1)) is z
+    noisy = AutoencoderModule(stage="image", latent_noise=0.5, **SMALL)
+    out = noisy._noisy_latents(z, torch.Generator().manual_seed(1))
+    assert float((out - z).std() / z.std()) == pytest.approx(0.5, rel=0.1)  # relative to the latents' scale
+    assert torch.equal(out, noisy._noisy_latents(z, torch.Generator().manual_seed(1)))  # seeded
+    with pytest.raises(DriveSimInputError, match="latent_noise"):
+        AutoencoderModule(stage="image", latent_noise=-0.1, **SMALL)
+    # validation reconstructs from the posterior mean, without the augmentation
+    noisy.autoencoder.eval()
+    x_val, recon = noisy._common_step({"video": x}, "val")
+    with torch.no_grad():
+        ref = noisy.autoencoder.decode(noisy.autoencoder.encode(x).mode()).clamp(-1, 1)
+    assert torch.equal(recon, ref)

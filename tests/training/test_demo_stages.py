@@ -42,7 +42,7 @@ def test_every_demo_stage_parses(tmp_path, capsys, monkeypatch):
         else:
             parser, rest = _tool_parser(stage.argv)
             args = parser.parse_args(rest)  # raises on an unknown or malformed flag
-            if stage.name in ("latents", "rollouts", "eval"):
+            if stage.name in ("data", "latents", "rollouts", "eval"):
                 assert args.overwrite, stage.name
     rollout = next(s for s in stages if s.name == "rollouts")
     assert "--debug-video" in rollout.argv  # the README promises the boxes-drawn video
@@ -52,4 +52,4 @@ def test_demo_budget_scales_the_training_stages(tmp_path):
     full = {s.name: s for s in demo_stages(tmp_path, minutes=20.0)}
     half = {s.name: s for s in demo_stages(tmp_path, minutes=10.0)}
     time_of = lambda s: s.argv[s.argv.index("--trainer.max_time") + 1]  # noqa: E731
-    assert time_of(full["autoencoder"]) == "00:00:03:00" and time_of(half["autoencoder"]) == "00:00:01:30"
+    assert time_of(full["autoencoder"]) == "00:00:03:30" and time_of(half["autoencoder"]) == "00:00:01:45"

@@ -317,3 +317,35 @@ def test_bf16_autocast_loss_and_sampling():
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
     reference = module.compute_loss(batch, True, torch.Generator().manual_seed(0))
     assert abs(float(loss) - float(reference)) < 0.05 * float(reference)
+
+
+def test_box_weight_marks_vehicle_cells_even_when_boxes_are_dropped():
+    module = LatentDiffusionModule(tiny_unet(), box_loss_weight=3.0, num_val_samples=0)
+    batch = make_batch(frames=2)
+    batch["boxes"] = torch.zeros_like(batch["boxes"])
+    batch["boxes"][:, :, 0] = torch.tensor([0.0, 0.0, 0.25, 0.5])   # covers latent cells [0:4, 0:4]
+    batch["box_classes"][:, :, 1:] = 0                                 # the other boxes are padding
+    batch["boxes"][:, :, 1:] = 0.0
+    z = batch["latents"]
+    w = module._box_weight(batch, z)
+    assert w.shape == (B, 2, 1, H, W)
+    assert torch.equal(w[..., :4, :4], torch.full_like(w[..., :4, :4], 4.0))
+    assert w[..., 4:, :].eq(1.0).all() and w[..., :, 4:].eq(1.0).all()
+    batch["box_classes"][:, :, 0] = 4                                  # a pedestrian is not a vehicle
+    assert module._box_weight(batch, z).eq(1.0).all()
+    assert LatentDiffusionModule(tiny_unet(), num_val_samples=0)._box_weight(batch, z) is None
+    with pytest.raises(ValueError, match="box_loss_weight"):
+        LatentDiffusionModule(tiny_unet(), box_loss_weight=-1.0)
+    # the weighted loss is a different (still finite, differentiable) objective
+    g = torch.Generator().manual_seed(0)
+    loss = module.compute_loss(make_batch(), True, g)
+    assert torch.isfinite(loss) and loss.requires_grad
+
+
+def test_lr_decays_over_the_budget(tmp_path):
+    module = LatentDiffusionModule(tiny_unet(), lr=1e-3, warmup_steps=2, lr_decay_fraction=0.5,
+                                   num_val_samples=0)
+    trainer(tmp_path, 10).fit(module, loader(make_batch(), n=40))
+    # after the last step (global step 10 of max_steps 10) the schedule sits at its floor
+    assert module.trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-3 * 0.02)
+    assert module.trainer.optimizers[0].defaults.get("fused") is True

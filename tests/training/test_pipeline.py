@@ -42,6 +42,23 @@ def test_missing_output_means_not_done(tmp_path):
     assert not is_done(stage, tmp_path / "stamps")
 
 
+def test_a_changed_command_or_config_means_not_done(tmp_path):
+    config = tmp_path / "stage.yaml"
+    config.write_text("lr: 1\n")
+    stage = _touch_stage("a", tmp_path / "a.txt", tmp_path / "count")
+    stage.argv = [*stage.argv, str(config)]  # the script ignores it; the fingerprint does not
+    run_pipeline([stage], tmp_path / "stamps")
+    assert is_done(stage, tmp_path / "stamps")
+    config.write_text("lr: 2\n")  # same command line, new config contents
+    assert not is_done(stage, tmp_path / "stamps")
+    config.write_text("lr: 1\n")
+    assert is_done(stage, tmp_path / "stamps")
+    changed = Stage(stage.name, stage.title, [*stage.argv, "--extra"], stage.outputs, program=stage.program)
+    assert not is_done(changed, tmp_path / "stamps")
+    results = run_pipeline([changed], tmp_path / "stamps")
+    assert not results[0].skipped and (tmp_path / "count").read_text() == "2"
+
+
 def test_failing_stage_raises_and_writes_no_stamp(tmp_path):
     stage = Stage(name="bad", title="bad", argv=["-c", "raise SystemExit(3)"],
                   program=[sys.executable])

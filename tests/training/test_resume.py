@@ -25,7 +25,8 @@ def _ae_config(tmp: Path, data: Path, name: str) -> Path:
         },
         "model": {"init_args": {"base_channels": 8, "ch_mult": [1, 2], "num_res_blocks": 1,
                                 "disc_start": 4, "disc_channels": 8, "disc_layers": 1,
-                                "scale_batches": 1, "model_file": str(tmp / name / "ae.safetensors")}},
+                                "scale_batches": 1, "train_crop": [16, 16],
+                                "model_file": str(tmp / name / "ae.safetensors")}},
         "data": {"init_args": {"source": "clips", "root": str(data), "height": 32, "width": 32,
                                "batch_size": 2, "num_workers": 0}},
     })

@@ -24,7 +24,7 @@ from .road import LaneLayout
 # IDM parameters (Treiber et al. 2000, typical values)
 _S0, _T_HEAD, _A_MAX, _B_COMF = 2.5, 1.3, 1.5, 2.5
 _LAT_SPEED = 1.1          # m/s, lane changes take ~3 s
-_WINDOW = (-70.0, 185.0)  # simulated range of s relative to the ego
+_BEHIND = -70.0            # simulated range of s relative to the ego: (_BEHIND, traffic_range)
 _MEAN_LC_TIME = 25.0      # mean seconds between spontaneous lane changes
 _SIDEWALK = 2.7           # sidewalk centre: metres beyond the road's edge line
 
@@ -54,8 +54,16 @@ class Traffic:
     for room to spawn."""
 
     def __init__(self, seed: int, num_vehicles: int, layout: LaneLayout,
-                 ego_speed: float | None, num_pedestrians: int = 0) -> None:
+                 ego_speed: float | None, num_pedestrians: int = 0, traffic_range: float = 185.0) -> None:
         self.rng = np.random.default_rng([seed, 0x7AFF1C])
+        # Road users live within (_BEHIND, traffic_range) metres of the ego; new ones appear
+        # "anywhere" in (-25, R - 35) at the start and "ahead" in (R - min(65, 0.4 R), R - 10),
+        # far enough to be a few pixels wide (R = 185: (120, 175)); a short range packs the
+        # same traffic close to the camera.
+        r = float(traffic_range)
+        self.window = (_BEHIND, r)
+        self.spawn_ranges = {"anywhere": (-25.0, r - 35.0), "ahead": (r - min(65.0, 0.4 * r), r - 10.0),
+                             "behind": (-65.0, -45.0)}
         self.layout = layout
         self.lanes = layout.lane_centres()
         self.lane_dirs = layout.lane_directions()
@@ -96,8 +104,7 @@ class Traffic:
             direction = float(self.lane_dirs[lane])
             if where == "behind" and (direction < 0 or lane == ego_lane):
                 continue  # only overtakers in other forward lanes come from behind
-            lo, hi = {"anywhere": (-25.0, 150.0), "ahead": (120.0, 175.0),
-                      "behind": (-65.0, -45.0)}[where]
+            lo, hi = self.spawn_ranges[where]
             s = self.s[0] + float(rng.uniform(lo, hi))
             if where == "anywhere" and lane == ego_lane and s < self.s[0] + 10.0:
                 continue
@@ -192,10 +199,10 @@ class Traffic:
         for i in range(1, len(self.s)):
             if not self.active[i]:
                 self._spawn(i, where="ahead")
-            elif rel[i] < _WINDOW[0]:
+            elif rel[i] < self.window[0]:
                 self.active[i] = False
                 self._spawn(i, where="ahead")
-            elif rel[i] > _WINDOW[1]:
+            elif rel[i] > self.window[1]:
                 self.active[i] = False
                 behind = self.layout.lanes_forward > 1 and not self.is_ped[i]
                 self._spawn(i, where="behind" if behind else "ahead")

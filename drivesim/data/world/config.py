@@ -42,6 +42,7 @@ class WorldConfig:
     lanes_oncoming: int = 2
     lane_width: float = 3.5
     ego_speed: float | None = None   # desired ego speed in m/s; None draws one from the seed
+    traffic_range: float = 185.0     # metres ahead of the ego within which traffic is simulated
     sim_hz: float = 20.0             # fixed simulation clock; frames interpolate between ticks
     # labels
     min_box_pixels: float = 2.0      # boxes narrower or shorter than this are dropped
@@ -78,6 +79,8 @@ class WorldConfig:
                self.lane_width, "must be in [2.5, 5] metres")
         _check(self.ego_speed is None or (_finite(self.ego_speed) and 0.0 <= self.ego_speed <= 45.0),
                "ego_speed", self.ego_speed, "must be None or in [0, 45] m/s")
+        _check(_finite(self.traffic_range) and 40.0 <= self.traffic_range <= 400.0, "traffic_range",
+               self.traffic_range, "must be in [40, 400] metres")
         _check(_finite(self.sim_hz) and 5.0 <= self.sim_hz <= 200.0, "sim_hz", self.sim_hz,
                "must be in [5, 200] Hz")
         _check(_finite(self.min_box_pixels) and self.min_box_pixels >= 0, "min_box_pixels",

@@ -55,7 +55,7 @@ class DrivingWorld:
         self.road = Road(cfg.seed)
         self.scenery = Scenery(cfg.seed, self.road, self.layout)
         self.traffic = Traffic(cfg.seed, cfg.num_vehicles, self.layout, cfg.ego_speed,
-                               cfg.num_pedestrians)
+                               cfg.num_pedestrians, cfg.traffic_range)
         self.K = intrinsics(cfg.height, cfg.width, cfg.hfov_deg)
         self.cam_from_ego = cam_from_ego(cfg.camera_height, cfg.camera_pitch_deg, cfg.camera_forward)
         self.index = 0
