@@ -116,7 +116,8 @@ def quality(paths: list[str], args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     h, w = (int(v) for v in args.size.split("x"))
     data = SyntheticDataset(frames=args.frames, fps=10.0, height=h, width=w, samples=args.clips,
-                            seed=args.quality_seed, resample_each_epoch=False)
+                            seed=args.quality_seed, resample_each_epoch=False, min_vehicles=args.min_vehicles,
+                            max_vehicles=args.max_vehicles, traffic_range=args.traffic_range)
     clips = [s["video"] for s in data]                                   # each [T, 3, H, W]
     for path in paths:
         ae = load_autoencoder(path)
@@ -161,6 +162,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    help="score model files on held-out synthetic clips instead of timing")
     p.add_argument("--clips", type=int, default=16, help="--quality: number of held-out clips")
     p.add_argument("--quality-seed", type=int, default=777_777, help="--quality: held-out seed stream")
+    p.add_argument("--traffic-range", type=float, default=60.0, help="--quality: world traffic range (tiny configs: 60)")
+    p.add_argument("--min-vehicles", type=int, default=4, help="--quality: vehicles per drive, as the tiny configs")
+    p.add_argument("--max-vehicles", type=int, default=12)
     p.add_argument("--worker", choices=("ours", "diffusers"), default=None, help=argparse.SUPPRESS)
     p.add_argument("--memory", choices=("ours", "diffusers"), default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)

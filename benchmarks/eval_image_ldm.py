@@ -60,6 +60,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--size", default=None,
                    help="HxW of the frames when the model file records no latent_size (default 64x128)")
     p.add_argument("--oracle", default=None, help="oracle checkpoint (default: the cached one, trained if absent)")
+    p.add_argument("--traffic-range", type=float, default=60.0,
+                   help="world traffic range of the scenarios (default: the tiny configs' 60 m)")
+    p.add_argument("--min-vehicles", type=int, default=4)
+    p.add_argument("--max-vehicles", type=int, default=12)
     p.add_argument("--overwrite", action="store_true")
     return p.parse_args(argv)
 
@@ -135,7 +139,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 guidance_labels=args.guidance)
     oracle = load_or_train_oracle(path=args.oracle)
     scenarios = world_scenarios(args.scenario_seed, args.pairs, height, width,
-                                fps=float(model.hparams.get("fps") or 10.0), max_boxes=max_boxes)
+                                fps=float(model.hparams.get("fps") or 10.0), max_boxes=max_boxes,
+                                min_vehicles=args.min_vehicles, max_vehicles=args.max_vehicles,
+                                traffic_range=args.traffic_range)
     samples = sample_paired_images(make_sample_fn(sampler, ae, latent_shape, max_boxes), scenarios,
                                    args.batch_size, args.seed)
     report = image_probe_report(oracle, scenarios, samples)

@@ -63,15 +63,33 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, loss_mask: torch.Tensor
     return (err * w).sum() / total
 
 
+def min_snr_weight(snr: torch.Tensor, gamma: float, prediction: str) -> torch.Tensor:
+    """Min-SNR-gamma loss weight per clip (Hang et al. 2023, eq. 7 and its v / eps forms).
+
+    The x0-space weight min(SNR, gamma) expressed for the network's target: eps-prediction
+    min(SNR, gamma) / SNR, v-prediction min(SNR, gamma) / (SNR + 1). It caps the weight of the
+    nearly clean timesteps, whose gradients otherwise dominate and conflict with the rest
+    (reported 3.4x faster convergence).
+    """
+    check_prediction(prediction)
+    capped = snr.clamp(max=gamma)
+    return capped / (snr if prediction == "eps" else snr + 1.0)
+
+
 def diffusion_loss(network: Network, x0: torch.Tensor, cond: Any, schedule: DiscreteVPSchedule,
                    generator: torch.Generator | None = None, prediction: str = "v",
                    loss_mask: torch.Tensor | None = None,
-                   weight: torch.Tensor | None = None) -> torch.Tensor:
+                   weight: torch.Tensor | None = None, snr_gamma: float | None = None) -> torch.Tensor:
     """|| net(x_t, t, cond) - target ||^2 with one t per clip; target = v or eps; optional
-    per-frame ``loss_mask`` [B, T] and per-cell ``weight`` [B, T, 1, h, w] (see masked_mse)."""
+    per-frame ``loss_mask`` [B, T] and per-cell ``weight`` [B, T, 1, h, w] (see masked_mse);
+    ``snr_gamma`` multiplies each clip's error by its min-SNR-gamma weight (not renormalised)."""
     check_prediction(prediction)
     noised = noise_clip(x0, schedule, generator)
     a, s = schedule.coefficients(noised.t, x0)
     target = training_target(x0, noised.noise, a, s, prediction)
     out = network(noised.x_t, noised.t, cond)
+    if snr_gamma is not None:
+        snr = (a.float() / s.float()).pow(2).reshape(-1)  # [B]: a, s are [B, 1, 1, 1, 1]
+        w_t = min_snr_weight(snr, float(snr_gamma), prediction).sqrt()[:, None, None, None, None]
+        out, target = out * w_t, target * w_t   # sqrt on both sides: err * w_t, same normalisation
     return masked_mse(out, target, loss_mask, weight)

@@ -73,6 +73,7 @@ class LatentDiffusionModule(LightningModule):
             (``max_steps`` or ``max_time``, whichever ends first; ``training/budget.py``).
         box_loss_weight: lambda of the box-weighted loss: latent cells covered by vehicle boxes
             weigh 1 + lambda (GeoDiffusion-style foreground re-weighting; 0 = plain loss).
+        snr_gamma: min-SNR-gamma loss weighting (Hang et al. 2023; typical 5), None = off.
         train_spatial_lr_scale: video stages: 0 freezes spatial + conditioning layers (only
             temporal / context parameters are optimised); > 0 trains them at lr * scale.
         latent_size: (h, w) of generated latents when no batch gives the size.
@@ -93,12 +94,15 @@ class LatentDiffusionModule(LightningModule):
                  latent_size: Sequence[int] = (8, 16), val_sample_steps: int = 20,
                  num_val_samples: int = 4, val_guidance: float = 2.0, val_seed: int = 0,
                  seed: int = 0, model_file: str | None = None, overwrite: bool = False, compile: bool = False,
-                 lr_decay_fraction: float = 0.0, box_loss_weight: float = 0.0) -> None:
+                 lr_decay_fraction: float = 0.0, box_loss_weight: float = 0.0,
+                 snr_gamma: float | None = None) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["unet"])
         check_schedule(warmup_steps, lr_decay_fraction)
         if not box_loss_weight >= 0.0:
             raise ValueError(f"box_loss_weight: expected >= 0, got {box_loss_weight!r}")
+        if snr_gamma is not None and not snr_gamma > 0.0:
+            raise ValueError(f"snr_gamma: expected None or > 0, got {snr_gamma!r}")
         _check_config(unet, stage, prediction,
                       {"drop_boxes": drop_boxes, "drop_labels": drop_labels, "drop_context": drop_context})
         self.unet = unet
@@ -285,7 +289,7 @@ class LatentDiffusionModule(LightningModule):
             loss_mask = 1.0 - cond.context_mask
         return diffusion_loss(self.unet, z, cond, self.schedule, generator=generator,
                               prediction=self.hparams.prediction, loss_mask=loss_mask,
-                              weight=self._box_weight(batch, z))
+                              weight=self._box_weight(batch, z), snr_gamma=self.hparams.snr_gamma)
 
     def _box_weight(self, batch: dict[str, Any], z: torch.Tensor) -> torch.Tensor | None:
         """[B, T, 1, h, w] = 1 + box_loss_weight * (vehicle-box coverage of each latent cell),

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from drivesim.diffusion.losses import diffusion_loss, masked_mse, noise_clip
+from drivesim.diffusion.losses import diffusion_loss, masked_mse, min_snr_weight, noise_clip
 from drivesim.diffusion.schedule import DiscreteVPSchedule
 
 SCHED = DiscreteVPSchedule(1000)
@@ -81,3 +81,25 @@ def test_weighted_mse_reweights_cells_and_combines_with_the_frame_mask():
     assert float(masked_mse(pred, target, torch.tensor([[0.0, 1.0]]), w)) == pytest.approx(52 / 4)
     with pytest.raises(ValueError, match="weight"):
         masked_mse(pred, target, weight=torch.ones(1, 2, 1, 3, 3))
+
+
+def test_min_snr_weight_caps_the_clean_timesteps_for_each_target():
+    snr = torch.tensor([0.5, 5.0, 50.0])
+    torch.testing.assert_close(min_snr_weight(snr, 5.0, "eps"), torch.tensor([1.0, 1.0, 0.1]))
+    torch.testing.assert_close(min_snr_weight(snr, 5.0, "v"), torch.tensor([0.5 / 1.5, 5 / 6, 5 / 51]))
+
+
+def test_diffusion_loss_with_min_snr_is_the_weighted_mean(generator):
+    x0 = torch.randn(3, 2, 2, 4, 4, generator=generator)
+    net = torch.nn.Conv3d(2, 2, 1)
+
+    def network(x_t, t, cond):
+        return net(x_t)
+
+    loss = diffusion_loss(network, x0, None, SCHED, torch.Generator().manual_seed(3), snr_gamma=5.0)
+    noised = noise_clip(x0, SCHED, torch.Generator().manual_seed(3))  # the same draws
+    a, s = SCHED.coefficients(noised.t, x0)
+    err = (network(noised.x_t, noised.t, None) - (a * noised.noise - s * x0)) ** 2
+    w = min_snr_weight((a / s).pow(2).reshape(-1), 5.0, "v")
+    expect = (err.mean(dim=(1, 2, 3, 4)) * w).mean()
+    torch.testing.assert_close(loss, expect, rtol=1e-5, atol=1e-7)
