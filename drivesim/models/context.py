@@ -42,6 +42,26 @@ def build_context_input(cond: Conditioning | None, latents: Tensor) -> Tensor:
     return out
 
 
+def nearest_context(c_s: Tensor) -> Tensor:
+    """For every frame t, the c_S entry of the nearest context frame: [B, T, C+1, h, w] -> same.
+
+    Frame t gets (z_k, 1) with k = argmin |t - k| over the frames with m = 1 (ties: the
+    earlier one), or zeros when the clip has no context (S = 0). Used as an input-level
+    context pathway (``UNet(context_input=True)``): each frame sees the latent it continues
+    from at its own resolution, the way Stable Video Diffusion concatenates its conditioning
+    frame to every frame's input.
+    """
+    b, t = c_s.shape[:2]
+    mask = c_s[:, :, -1].flatten(2).amax(dim=2) > 0                        # [B, T] context frames
+    pos = torch.arange(t, device=c_s.device, dtype=torch.float32)
+    dist = (pos[:, None] - pos[None, :]).abs()[None].expand(b, t, t)       # [B, t, k]
+    dist = dist + pos[None, None, :] * 1e-3                                # ties -> earlier k
+    dist = dist.masked_fill(~mask[:, None, :], float("inf"))
+    k = dist.argmin(dim=2)                                                 # [B, T]
+    picked = torch.gather(c_s, 1, k[:, :, None, None, None].expand_as(c_s))
+    return picked * mask.any(dim=1).to(c_s.dtype)[:, None, None, None, None]
+
+
 class ContextEncoder(nn.Module):
     """Learned downsampling of c_S: a conv stem, then one stride-2 conv per UNet level.
 

@@ -30,7 +30,7 @@ from drivesim.models.conditioning import (
     LabelEncoder,
     box_layout,
 )
-from drivesim.models.context import ContextEncoder, build_context_input
+from drivesim.models.context import ContextEncoder, build_context_input, nearest_context
 from drivesim.models.temporal import VideoResBlock, VideoSpatialTransformer, check_frames
 from drivesim.models.unet_blocks import (
     BlockState,
@@ -48,7 +48,7 @@ PARAMETER_GROUPS = ("spatial", "temporal", "conditioning", "context")
 
 def parameter_group(name: str) -> str:
     """Group of a parameter / state-dict key: context > temporal > conditioning > spatial."""
-    if name.startswith(("context_encoder.", "regime_embed.")) or ".context_in." in name:
+    if name.startswith(("context_encoder.", "regime_embed.", "context_input.")) or ".context_in." in name:
         return "context"
     if ".temporal." in name or ".blend." in name:
         return "temporal"
@@ -67,7 +67,10 @@ class UNet(nn.Module):
     ``box_layout`` (beyond the paper) also rasterises the boxes onto the latent grid, one
     coverage map per class (``conditioning.box_layout``), concatenated to the input: a direct
     spatial signal that a small model learns in a few hundred steps, where the tokens alone
-    take far longer. Its input weights start at zero.
+    take far longer. Its input weights start at zero. ``context_input`` (beyond the paper,
+    like SVD's concatenated conditioning frame) adds a zero-initialised conv of every frame's
+    nearest context latent (``context.nearest_context``) to the stem output, next to the
+    paper's pathway into the temporal 3D-conv blocks.
     """
 
     def __init__(self, in_channels: int = 4, out_channels: int = 4, model_channels: int = 64,
@@ -81,13 +84,16 @@ class UNet(nn.Module):
                  alpha_mode: str = "per_frame", temporal_position: str = "sinusoidal",
                  temporal_ff: bool = True, image_only: bool = False, use_context: bool = False,
                  context_channels: int = 32, num_regimes: int = 0,
-                 attention_backend: str = "auto", box_layout: bool = False) -> None:
+                 attention_backend: str = "auto", box_layout: bool = False,
+                 context_input: bool = False) -> None:
         super().__init__()
         self.config: dict[str, Any] = {k: (list(v) if isinstance(v, (tuple, list)) else v)
                                        for k, v in locals().items()
                                        if k not in ("self", "__class__")}
         if (use_context or num_regimes) and not temporal:
             raise ValueError("use_context / num_regimes need temporal=True (video model)")
+        if context_input and not use_context:
+            raise ValueError("context_input needs use_context=True")
         self.in_channels, self.temporal, self.max_frames = in_channels, temporal, max_frames
         self.num_levels, self.image_only = len(channel_mult), image_only
         self.use_checkpoint = use_checkpoint
@@ -115,6 +121,11 @@ class UNet(nn.Module):
         if extra:  # the layout starts with no effect (like the zero-initialised cross-attention)
             with torch.no_grad():
                 self.conv_in.weight[:, in_channels:].zero_()
+        # input-level context pathway (beyond the paper, as SVD): the nearest context latent of
+        # every frame, zero-initialised so a fresh video UNet still equals the image UNet; no
+        # bias, so S = 0 (no context) adds exactly nothing
+        self.context_input = (zero_(nn.Conv2d(in_channels + 1, model_channels, 3, padding=1, bias=False))
+                              if context_input else None)
         self._build(model_channels, tuple(channel_mult), num_res_blocks, set(attention_resolutions))
         self.out = nn.Sequential(group_norm(model_channels, norm_groups), nn.SiLU(),
                                  zero_(nn.Conv2d(model_channels, out_channels, 3, padding=1)))
@@ -257,12 +268,16 @@ class UNet(nn.Module):
         has_context = cond is not None and cond.context is not None
         if has_context and self.context_encoder is None:
             raise ValueError("UNet: context frames given but this UNet has use_context=False")
+        c_s = None
         if self.context_encoder is not None and not self.image_only:  # image_only (alpha = 1) ignores context
-            state.context = self.context_encoder(build_context_input(cond, x))
+            c_s = build_context_input(cond, x)                            # [B, T, C+1, h, w]
+            state.context = self.context_encoder(c_s)
         x_in = rearrange(x, "b t c h w -> (b t) c h w")
         if self.box_layout:  # [(B T), C + LAYOUT_CHANNELS, h, w]: boxes rasterised on the latent grid
             x_in = torch.cat([x_in, box_layout(cond, b, frames, *x.shape[-2:], x.device, x_in.dtype)], dim=1)
         h = self.conv_in(x_in)
+        if self.context_input is not None and c_s is not None:
+            h = h + self.context_input(rearrange(nearest_context(c_s), "b t c h w -> (b t) c h w"))
         skips = [h]
         for block in self.input_blocks:
             for layer in block:

@@ -9,6 +9,7 @@ from drivesim.models.context import (
     ContextEncoder,
     build_context_input,
     interpolation_mask,
+    nearest_context,
     prediction_mask,
 )
 from drivesim.models.unet import UNet, VideoUNet, parameter_group
@@ -16,7 +17,7 @@ from drivesim.models.unet import UNet, VideoUNet, parameter_group
 TINY = dict(in_channels=4, out_channels=4, model_channels=16, channel_mult=(1, 2),
             num_res_blocks=1, attention_resolutions=(2,), num_head_channels=8, norm_groups=8,
             token_dim=16, max_boxes=4, box_fourier_freqs=4)
-VIDEO = dict(max_frames=6, use_context=True, context_channels=8)
+VIDEO = dict(max_frames=6, use_context=True, context_channels=8, context_input=True)
 
 
 def randomize_(model, generator, groups=("spatial", "conditioning", "temporal", "context")):
@@ -107,6 +108,37 @@ def test_context_path(generator):
         out = video(x, t, dropped)
         torch.testing.assert_close(out[1], a[1], atol=1e-5, rtol=1e-5)
         assert (out[0] - a[0]).abs().max() > 1e-5
+
+
+def test_nearest_context_gives_each_frame_the_latent_it_continues_from(generator):
+    z = torch.randn(2, 5, 4, 3, 3, generator=generator)
+    pred = build_context_input(cond_for(b=2, t=5, context=z[:, :2], context_mask=prediction_mask(2, 2, 2)), z)
+    near = nearest_context(pred)
+    assert near.shape == pred.shape
+    torch.testing.assert_close(near[:, 0], pred[:, 0])                    # a context frame: itself
+    for t in (1, 2, 3, 4):                                                # later frames: the last one
+        torch.testing.assert_close(near[:, t], pred[:, 1])
+    inter = build_context_input(cond_for(b=2, t=5, context=z, context_mask=interpolation_mask(2, 5)), z)
+    near = nearest_context(inter)
+    for t, k in ((0, 0), (1, 0), (2, 0), (3, 4), (4, 4)):                # ties go to the earlier key
+        torch.testing.assert_close(near[:, t], inter[:, k])
+    assert torch.equal(nearest_context(torch.zeros(2, 5, 5, 3, 3)), torch.zeros(2, 5, 5, 3, 3))  # S = 0
+    with pytest.raises(ValueError, match="context_input needs use_context"):
+        UNet(**TINY, temporal=True, context_input=True)
+
+
+def test_context_input_reaches_every_frame_and_is_a_context_parameter(generator):
+    _, video = pair(generator)
+    assert parameter_group("context_input.weight") == "context"
+    with torch.no_grad():
+        video.context_input.weight.normal_(0, 0.1, generator=generator)
+    x, t = data(generator)
+    base = cond_for(context=x[:, :1], context_mask=torch.ones(2, 1))
+    moved = cond_for(context=x[:, :1] + 1.0, context_mask=torch.ones(2, 1))
+    video.context_encoder.requires_grad_(False)
+    with torch.no_grad():  # the temporal-block pathway is still zero-initialised: the effect is the input path
+        diff = (video(x, t, moved) - video(x, t, base)).abs().amax(dim=(0, 2, 3, 4))
+    assert (diff > 1e-5).all()
 
 
 def test_build_context_input_and_encoder(generator):
