@@ -71,6 +71,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a("--schedules", default=",".join(GUIDANCE_SCHEDULES), help="comma list of " + ", ".join(GUIDANCE_SCHEDULES))
     a("--daynight", default="day", choices=("day", "night"))
     a("--scenario", default="synthetic:3")
+    a("--crowd", default="crowded", help="synthetic traffic, as `drivesim rollout --crowd` (default: the demo's)")
+    a("--traffic-range", type=float, default=60.0,
+      help="synthetic scenario traffic range in metres (default 60: the tiny configs' training data)")
     a("--seed", type=int, default=0)
     a("--steps", type=int, default=5, help="sampler steps per segment (default 5, as make rollout)")
     a("--guidance-context", type=float, default=1.5)
@@ -112,6 +115,7 @@ def rollout_command(args: argparse.Namespace, ckpts: dict, schedule: str, out: P
            "--ae-ckpt", ckpts["ae"], "--scenario", args.scenario, "--seconds", f"{args.minutes * 60:g}",
            "--daynight", args.daynight, "--seed", str(args.seed), "--steps", str(args.steps),
            "--guidance-context", f"{args.guidance_context:g}", "--guidance-schedule", schedule,
+           "--crowd", args.crowd, "--traffic-range", f"{args.traffic_range:g}",
            "--out", str(out), "--no-progress"]
     if ckpts["image"]:
         cmd += ["--image-ckpt", ckpts["image"]]
@@ -252,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     settings = {"minutes": args.minutes, "window_seconds": args.window_seconds, "steps": args.steps,
                 "seed": args.seed, "scenario": args.scenario, "daynight": args.daynight,
+                "crowd": args.crowd, "traffic_range": args.traffic_range,
                 "guidance_context": args.guidance_context, "threads": args.threads,
                 "checkpoints": ckpts, "real": str(Path(args.real).resolve()),
                 "real_split": args.real_split, "metrics": args.metrics, "eval_fps": args.eval_fps,

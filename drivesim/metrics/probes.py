@@ -6,9 +6,10 @@ The probes measure, on trained model files, what the issues ask for:
   of samples WITH boxes vs. the same noise with the boxes dropped, both scored against the
   same conditioned boxes, with real renders of the scenarios as the ceiling; and whether
   night samples are darker than their paired day samples (same noise, same boxes);
-- video LDM: temporal consistency (W1 of frame-difference statistics against real clips)
-  of prediction-mode samples vs. the same network with alpha forced to 1, calibrated by
-  real-vs-real; context continuation (first predicted frame vs. last context frame); oracle
+- video LDM: temporal consistency (W1 of frame-difference statistics against real clips,
+  and the optical-flow warp residual: change not explained by motion) of prediction-mode
+  samples vs. the same network with alpha forced to 1, calibrated by real-vs-real and by
+  the same real windows with their frames shuffled; context continuation (first predicted frame vs. last context frame); oracle
   box recall per frame index.
 
 Sampling is injected (``ImageSampleFn`` / the scripts' samplers) so this module holds only
@@ -30,7 +31,13 @@ from drivesim.data.boxes import draw_boxes, pad_boxes
 from drivesim.data.clip_format import mean_visible_vehicles
 from drivesim.data.labels import PAD_CLASS, crowd_bucket
 from drivesim.metrics.evaluate import evaluate_videos
-from drivesim.metrics.oracle.scores import BoxFidelity, box_fidelity_frame, vehicle_boxes
+from drivesim.metrics.oracle.scores import (
+    BoxFidelity,
+    box_fidelity_frame,
+    grey_small,
+    vehicle_boxes,
+    warp_residuals,
+)
 from drivesim.metrics.protocol import EvalProtocol
 from drivesim.metrics.sources import VideoSource
 
@@ -316,6 +323,39 @@ def temporal_scores(fake: Sequence[np.ndarray], real: Sequence[np.ndarray], fps:
     return {k: res[k] for k in ("w1", "fake_mean_diff", "real_mean_diff", "fake_pairs", "real_pairs")}
 
 
+WARP_SIZE = (64, 128)  # grey frames for the warp residual (as the temporal statistics)
+
+
+def warp_scores(videos: Sequence[np.ndarray]) -> dict:
+    """Warp residual of uint8 ``[T, H, W, 3]`` videos at ``WARP_SIZE`` grey, pooled over
+    every consecutive pair: ``residual`` (mean flow-compensated change, lower = more
+    coherent), ``raw`` (mean plain change) and ``explained`` = 1 - residual / raw (the share
+    of the change that motion accounts for; None for static videos)."""
+    res, raw = [], []
+    for v in videos:
+        r, d = warp_residuals(grey_small(np.asarray(v), *WARP_SIZE))
+        res.append(r)
+        raw.append(d)
+    r, d = np.concatenate(res) if res else np.zeros(0), np.concatenate(raw) if raw else np.zeros(0)
+    total = float(d.sum())
+    return {"residual": _mean(r), "raw": _mean(d), "pairs": int(len(r)),
+            "explained": 1.0 - float(r.sum()) / total if total > 0 else None}
+
+
+def shuffled_frames(videos: Sequence[np.ndarray], seed: int = 0) -> list[np.ndarray]:
+    """Each video with its frames in a random order (a derangement where T > 1): real
+    content, no temporal coherence; the incoherent end of the warp-residual calibration."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for v in videos:
+        t = len(v)
+        order = np.arange(t)
+        while t > 1 and (order == np.arange(t)).any():
+            order = rng.permutation(t)
+        out.append(np.asarray(v)[order])
+    return out
+
+
 def split_halves(items: Sequence[Any]) -> tuple[list[Any], list[Any]]:
     """(even-indexed, odd-indexed) items: two disjoint halves for real-vs-real calibration."""
     if len(items) < 2:
@@ -340,15 +380,18 @@ def video_probe_report(oracle: OracleLike, real: RealWindows, samples: dict[str,
     half_a, half_b = split_halves(reference)
     s = num_context
     out: dict = {"clips": b, "frames": t, "num_context": s, "fps": real.fps,
-                 "reference_windows": len(reference), "temporal": {}, "continuation": {},
+                 "reference_windows": len(reference), "temporal": {}, "warp": {}, "continuation": {},
                  "box_recall_per_frame": {}, "box_fidelity_predicted": {}}
     out["temporal"]["real_vs_real"] = temporal_scores(half_b, half_a, real.fps)
+    out["warp"]["real"] = warp_scores(reference)
+    out["warp"]["real_shuffled"] = warp_scores(shuffled_frames(reference))
     real_gaps = frame_gaps(real.frames)
     out["continuation"]["real_next_frame"] = _mean(real_gaps[:, s - 1])
     out["continuation"]["real_consecutive"] = _mean(real_gaps)
     for name, frames in [*samples.items(), ("real", real.frames)]:
         if name != "real":
             out["temporal"][name] = temporal_scores(list(frames), half_a, real.fps)
+            out["warp"][name] = warp_scores(list(frames))
             out["continuation"][name] = _mean(frame_gaps(frames)[:, s - 1])
         scores = per_frame_box_fidelity(oracle, frames[:, s:], real.boxes[:, s:], real.classes[:, s:])
         out["box_recall_per_frame"][name] = [sc.summary()["recall"] for sc in scores]
@@ -377,15 +420,23 @@ def video_probe_table(report: dict) -> str:
 
     lines = [f"video LDM probe: {report['clips']} clips x {report['frames']} frames @ {report['fps']:g} fps, "
              f"S = {report['num_context']} context frames",
-             f"{'variant':13s} {'temporal W1':>11s} {'mean diff':>9s} {'ctx->pred':>9s} {'recall/frame'}"]
+             f"{'variant':13s} {'temporal W1':>11s} {'mean diff':>9s} {'warp res':>9s} {'explained':>9s} "
+             f"{'ctx->pred':>9s} {'recall/frame'}"]
+    warp = report.get("warp", {})
     names = [k for k in report["temporal"] if k != "real_vs_real"]
     for name in names:
-        tmp = report["temporal"][name]
+        tmp, wp = report["temporal"][name], warp.get(name, {})
         recall = " ".join(f(r)[:5] for r in report["box_recall_per_frame"][name])
         lines.append(f"{name:13s} {f(tmp['w1']):>11s} {f(tmp['fake_mean_diff']):>9s} "
+                     f"{f(wp.get('residual')):>9s} {f(wp.get('explained')):>9s} "
                      f"{f(report['continuation'][name]):>9s} {recall}")
-    cal, cont = report["temporal"]["real_vs_real"], report["continuation"]
+    cal, cont, wp = report["temporal"]["real_vs_real"], report["continuation"], warp.get("real", {})
     recall = " ".join(f(r)[:5] for r in report["box_recall_per_frame"]["real"])
     lines.append(f"{'real vs real':13s} {f(cal['w1']):>11s} {f(cal['fake_mean_diff']):>9s} "
+                 f"{f(wp.get('residual')):>9s} {f(wp.get('explained')):>9s} "
                  f"{f(cont['real_next_frame']):>9s} {recall}")
+    if "real_shuffled" in warp:
+        sh = warp["real_shuffled"]
+        lines.append(f"{'real shuffled':13s} {'':>11s} {f(sh['raw']):>9s} {f(sh['residual']):>9s} "
+                     f"{f(sh['explained']):>9s}")
     return "\n".join(lines)

@@ -18,7 +18,13 @@ from drivesim.metrics.oracle.model import (
     train_oracle,
     train_seeds,
 )
-from drivesim.metrics.oracle.scores import box_fidelity_frame, boxes_to_mask, wasserstein_1d
+from drivesim.metrics.oracle.scores import (
+    box_fidelity_frame,
+    boxes_to_mask,
+    grey_small,
+    warp_residuals,
+    wasserstein_1d,
+)
 from drivesim.metrics.protocol import EvalProtocol
 from drivesim.metrics.sources import VideoSource
 from drivesim.utils.io import DriveSimInputError
@@ -59,6 +65,32 @@ def test_wasserstein_matches_scipy_and_threshold_fit(generator):
     luma = np.array([0.1, 0.15, 0.2, 0.5, 0.6])
     t = fit_luma_threshold(luma, np.array([True, True, True, False, False]))
     assert 0.2 < t < 0.5
+
+
+def _texture(rng, h, w):
+    """Smooth random grey texture in [0.1, 0.9] (blurred noise: trackable by optical flow)."""
+    import cv2
+
+    x = cv2.GaussianBlur(rng.random((h, w)).astype(np.float32), (0, 0), 2.0)
+    return 0.1 + 0.8 * (x - x.min()) / (x.max() - x.min())
+
+
+def test_warp_residual_explains_motion_not_boiling():
+    rng = np.random.default_rng(0)
+    big = _texture(rng, 80, 160)
+    moving = np.stack([big[8:72, 8 + 2 * t:136 + 2 * t] for t in range(6)])  # 2 px/frame pan
+    boiling = np.stack([_texture(rng, 64, 128) for _ in range(6)])           # new texture per frame
+    res_m, raw_m = warp_residuals(moving)
+    res_b, raw_b = warp_residuals(boiling)
+    assert res_m.shape == raw_m.shape == (5,)
+    np.testing.assert_allclose(raw_m, np.abs(np.diff(moving, axis=0)).mean(axis=(1, 2)), rtol=1e-5)
+    assert res_m.mean() < 0.25 * raw_m.mean()  # the flow explains a pan
+    assert res_b.mean() > 0.6 * raw_b.mean()   # nothing to explain new content with
+    still = np.repeat(moving[:1], 3, axis=0)
+    assert warp_residuals(still)[0].max() < 1e-3 and warp_residuals(still[:1])[0].shape == (0,)
+    np.testing.assert_array_equal(warp_residuals(torch.from_numpy(moving))[0], res_m)  # deterministic
+    with pytest.raises(ValueError, match="shape"):
+        warp_residuals(moving[..., None])
 
 
 def test_oracle_checkpoint_round_trip(tmp_path, generator):
@@ -107,6 +139,17 @@ def world():
     held_out = render_drives(TINY, calibration_seeds(TINY))
     oracle = train_oracle(TINY, renders=train, calibration_renders=held_out)
     return TINY, train, held_out, oracle
+
+
+def test_warp_residual_separates_world_drives_from_shuffled(world):
+    cfg, train, _, _ = world
+    n, rng = cfg.frames_per_drive, np.random.default_rng(1)
+    real, shuffled = [], []
+    for d in range(len(train["frames"]) // n):
+        grey = grey_small(train["frames"][d * n:(d + 1) * n], 64, 128)
+        real.append(warp_residuals(grey)[0])
+        shuffled.append(warp_residuals(grey[rng.permutation(n)])[0])
+    assert 2 * np.concatenate(real).mean() < np.concatenate(shuffled).mean()
 
 
 def _score(cfg, oracle, fake, real):

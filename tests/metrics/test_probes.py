@@ -27,6 +27,7 @@ from drivesim.metrics.probes import (
     night_darker_fraction,
     nonfinite_fields,
     sample_paired_images,
+    shuffled_frames,
     split_halves,
     temporal_scores,
     video_probe_report,
@@ -254,6 +255,10 @@ def test_video_report_coherent_beats_flicker():
     tmp, cont = report["temporal"], report["continuation"]
     assert tmp["normal"]["w1"] < tmp["alpha1"]["w1"]
     assert tmp["real_vs_real"]["real_pairs"] == 3 * 5 and tmp["normal"]["fake_pairs"] == 4 * 5
+    warp = report["warp"]
+    assert warp["normal"]["pairs"] == 4 * 5 and warp["real"]["pairs"] == 6 * 5
+    assert warp["normal"]["residual"] < warp["alpha1"]["residual"]
+    assert warp["real"]["residual"] < warp["real_shuffled"]["residual"]
     assert cont["normal"] == pytest.approx(cont["real_next_frame"])
     assert cont["alpha1"] > 3 * cont["normal"]
     assert report["box_recall_per_frame"]["normal"] == [1.0] * 4
@@ -274,6 +279,10 @@ def test_temporal_scores_and_gaps():
     assert same["w1"] == pytest.approx(0.0, abs=1e-9) and same["fake_pairs"] == 16
     a, b = split_halves(list(range(5)))
     assert (a, b) == ([0, 2, 4], [1, 3])
+    shuffled = shuffled_frames(clips, seed=3)
+    for a_clip, s_clip in zip(clips, shuffled):
+        assert len(s_clip) == len(a_clip) and not any(np.array_equal(a_clip[i], s_clip[i]) for i in range(5))
+        assert sorted(map(bytes, s_clip)) == sorted(map(bytes, a_clip))  # a permutation of the frames
     still = np.repeat(clips[0][None, :1], 3, axis=1)  # [1, 3, H, W, 3] identical frames
     assert frame_gaps(still).shape == (1, 2) and not frame_gaps(still).any()
 
