@@ -23,17 +23,43 @@ class NoisedClip:
     noise: torch.Tensor  # [B, T, C, h, w]
 
 
+TIMESTEP_SAMPLING = ("uniform", "logit_normal")
+
+
+def sample_timesteps(count: int, num_steps: int, kind: str = "uniform",
+                     generator: torch.Generator | None = None, device: torch.device | str = "cpu",
+                     mean: float = 0.0, std: float = 1.0) -> torch.Tensor:
+    """Training noise levels ``[count]`` int64 in {0..num_steps-1}.
+
+    ``uniform``: t ~ U{0..N-1} (DDPM). ``logit_normal``: t = floor(N * sigmoid(m + s * n)),
+    n ~ N(0, 1) (Esser et al. 2024, SD3 Sec. 3.1): more of the training budget on the middle
+    noise levels, where the layout and object shapes are decided, fewer on the nearly clean
+    and the nearly pure-noise ends.
+    """
+    if kind == "uniform":
+        return torch.randint(0, num_steps, (count,), generator=generator, device=device)
+    if kind == "logit_normal":
+        if not std > 0:
+            raise ValueError(f"logit-normal timestep std: expected > 0, got {std!r}")
+        n = torch.randn(count, generator=generator, device=device)
+        u = torch.sigmoid(mean + std * n)
+        return (u * num_steps).long().clamp_(0, num_steps - 1)
+    raise ValueError(f"timestep sampling must be one of {TIMESTEP_SAMPLING}, got {kind!r}")
+
+
 def noise_clip(x0: torch.Tensor, schedule: DiscreteVPSchedule,
-               generator: torch.Generator | None = None) -> NoisedClip:
-    """Draw t ~ U{0..N-1} per clip and eps ~ N(0, I); return x_t = a_t x0 + s_t eps.
+               generator: torch.Generator | None = None, timesteps: str = "uniform",
+               timestep_mean: float = 0.0, timestep_std: float = 1.0) -> NoisedClip:
+    """Draw t per clip (``sample_timesteps``: uniform by default) and eps ~ N(0, I); return
+    x_t = a_t x0 + s_t eps.
 
     Random numbers come from ``generator`` (on its own device) and are moved to x0's device.
     """
     if x0.ndim != 5:
         raise ValueError(f"x0: expected [B, T, C, h, w], got shape {tuple(x0.shape)}")
     gen_device = generator.device if generator is not None else x0.device
-    t = torch.randint(0, schedule.num_steps, (x0.shape[0],), generator=generator,
-                      device=gen_device).to(x0.device)
+    t = sample_timesteps(x0.shape[0], schedule.num_steps, timesteps, generator, gen_device,
+                         timestep_mean, timestep_std).to(x0.device)
     noise = torch.randn(x0.shape, generator=generator, device=gen_device,
                         dtype=torch.float32).to(x0.device, x0.dtype)
     return NoisedClip(schedule.q_sample(x0, t, noise), t, noise)
@@ -79,12 +105,15 @@ def min_snr_weight(snr: torch.Tensor, gamma: float, prediction: str) -> torch.Te
 def diffusion_loss(network: Network, x0: torch.Tensor, cond: Any, schedule: DiscreteVPSchedule,
                    generator: torch.Generator | None = None, prediction: str = "v",
                    loss_mask: torch.Tensor | None = None,
-                   weight: torch.Tensor | None = None, snr_gamma: float | None = None) -> torch.Tensor:
+                   weight: torch.Tensor | None = None, snr_gamma: float | None = None,
+                   timesteps: str = "uniform", timestep_mean: float = 0.0,
+                   timestep_std: float = 1.0) -> torch.Tensor:
     """|| net(x_t, t, cond) - target ||^2 with one t per clip; target = v or eps; optional
     per-frame ``loss_mask`` [B, T] and per-cell ``weight`` [B, T, 1, h, w] (see masked_mse);
-    ``snr_gamma`` multiplies each clip's error by its min-SNR-gamma weight (not renormalised)."""
+    ``snr_gamma`` multiplies each clip's error by its min-SNR-gamma weight (not renormalised);
+    ``timesteps`` / ``timestep_mean`` / ``timestep_std``: how t is drawn (``sample_timesteps``)."""
     check_prediction(prediction)
-    noised = noise_clip(x0, schedule, generator)
+    noised = noise_clip(x0, schedule, generator, timesteps, timestep_mean, timestep_std)
     a, s = schedule.coefficients(noised.t, x0)
     target = training_target(x0, noised.noise, a, s, prediction)
     out = network(noised.x_t, noised.t, cond)

@@ -23,7 +23,7 @@ from lightning.pytorch import LightningModule
 
 from drivesim.data.labels import VEHICLE_CLASSES
 from drivesim.diffusion.guidance import guided_denoiser
-from drivesim.diffusion.losses import diffusion_loss
+from drivesim.diffusion.losses import TIMESTEP_SAMPLING, diffusion_loss
 from drivesim.diffusion.masks import (
     interpolation_mask,
     masked_context,
@@ -74,6 +74,8 @@ class LatentDiffusionModule(LightningModule):
         box_loss_weight: lambda of the box-weighted loss: latent cells covered by vehicle boxes
             weigh 1 + lambda (GeoDiffusion-style foreground re-weighting; 0 = plain loss).
         snr_gamma: min-SNR-gamma loss weighting (Hang et al. 2023; typical 5), None = off.
+        timesteps, timestep_mean, timestep_std: training noise-level distribution, ``uniform``
+            (DDPM, default) or ``logit_normal`` (SD3: sigmoid(mean + std * n) of the range).
         train_spatial_lr_scale: video stages: 0 freezes spatial + conditioning layers (only
             temporal / context parameters are optimised); > 0 trains them at lr * scale.
         latent_size: (h, w) of generated latents when no batch gives the size.
@@ -95,7 +97,8 @@ class LatentDiffusionModule(LightningModule):
                  num_val_samples: int = 4, val_guidance: float = 2.0, val_seed: int = 0,
                  seed: int = 0, model_file: str | None = None, overwrite: bool = False, compile: bool = False,
                  lr_decay_fraction: float = 0.0, box_loss_weight: float = 0.0,
-                 snr_gamma: float | None = None) -> None:
+                 snr_gamma: float | None = None, timesteps: str = "uniform",
+                 timestep_mean: float = 0.0, timestep_std: float = 1.0) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["unet"])
         check_schedule(warmup_steps, lr_decay_fraction)
@@ -103,6 +106,10 @@ class LatentDiffusionModule(LightningModule):
             raise ValueError(f"box_loss_weight: expected >= 0, got {box_loss_weight!r}")
         if snr_gamma is not None and not snr_gamma > 0.0:
             raise ValueError(f"snr_gamma: expected None or > 0, got {snr_gamma!r}")
+        if timesteps not in TIMESTEP_SAMPLING:
+            raise ValueError(f"timesteps: expected one of {TIMESTEP_SAMPLING}, got {timesteps!r}")
+        if not timestep_std > 0.0:
+            raise ValueError(f"timestep_std: expected > 0, got {timestep_std!r}")
         _check_config(unet, stage, prediction,
                       {"drop_boxes": drop_boxes, "drop_labels": drop_labels, "drop_context": drop_context})
         self.unet = unet
@@ -289,7 +296,10 @@ class LatentDiffusionModule(LightningModule):
             loss_mask = 1.0 - cond.context_mask
         return diffusion_loss(self.unet, z, cond, self.schedule, generator=generator,
                               prediction=self.hparams.prediction, loss_mask=loss_mask,
-                              weight=self._box_weight(batch, z), snr_gamma=self.hparams.snr_gamma)
+                              weight=self._box_weight(batch, z), snr_gamma=self.hparams.snr_gamma,
+                              timesteps=self.hparams.get("timesteps", "uniform"),
+                              timestep_mean=self.hparams.get("timestep_mean", 0.0),
+                              timestep_std=self.hparams.get("timestep_std", 1.0))
 
     def _box_weight(self, batch: dict[str, Any], z: torch.Tensor) -> torch.Tensor | None:
         """[B, T, 1, h, w] = 1 + box_loss_weight * (vehicle-box coverage of each latent cell),

@@ -103,3 +103,28 @@ def test_diffusion_loss_with_min_snr_is_the_weighted_mean(generator):
     w = min_snr_weight((a / s).pow(2).reshape(-1), 5.0, "v")
     expect = (err.mean(dim=(1, 2, 3, 4)) * w).mean()
     torch.testing.assert_close(loss, expect, rtol=1e-5, atol=1e-7)
+
+
+def test_timestep_sampling_uniform_and_logit_normal():
+    from drivesim.diffusion.losses import sample_timesteps
+
+    g = torch.Generator().manual_seed(0)
+    uni = sample_timesteps(20000, 1000, "uniform", g)
+    ln = sample_timesteps(20000, 1000, "logit_normal", torch.Generator().manual_seed(0))
+    for t in (uni, ln):
+        assert t.dtype == torch.int64 and int(t.min()) >= 0 and int(t.max()) <= 999
+    mid = lambda t: float(((t >= 250) & (t < 750)).float().mean())  # noqa: E731
+    assert mid(uni) == pytest.approx(0.5, abs=0.02)
+    # P(|n| < logit(0.75) = 1.0986) = 0.728 for the standard logit-normal
+    assert mid(ln) == pytest.approx(0.728, abs=0.02)
+    shifted = sample_timesteps(20000, 1000, "logit_normal", torch.Generator().manual_seed(0), mean=1.0)
+    assert float(shifted.float().mean()) > float(ln.float().mean()) + 150  # mean > 0: noisier
+    torch.testing.assert_close(sample_timesteps(8, 1000, "logit_normal", torch.Generator().manual_seed(4)),
+                               sample_timesteps(8, 1000, "logit_normal", torch.Generator().manual_seed(4)))
+    with pytest.raises(ValueError, match="must be one of"):
+        sample_timesteps(4, 1000, "cosine")
+    with pytest.raises(ValueError, match="std"):
+        sample_timesteps(4, 1000, "logit_normal", std=0.0)
+    x0 = torch.zeros(4, 1, 1, 2, 2)
+    noised = noise_clip(x0, SCHED, torch.Generator().manual_seed(1), timesteps="logit_normal")
+    assert noised.t.shape == (4,)

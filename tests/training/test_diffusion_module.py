@@ -342,6 +342,20 @@ def test_box_weight_marks_vehicle_cells_even_when_boxes_are_dropped():
     assert torch.isfinite(loss) and loss.requires_grad
 
 
+def test_logit_normal_timesteps_change_the_loss_draws_and_are_validated():
+    batch = make_batch()
+    uniform = LatentDiffusionModule(tiny_unet(), num_val_samples=0)
+    logit = LatentDiffusionModule(tiny_unet(), num_val_samples=0, timesteps="logit_normal")
+    logit.unet.load_state_dict(uniform.unet.state_dict())
+    a = uniform.compute_loss(batch, True, torch.Generator().manual_seed(0))
+    b = logit.compute_loss(batch, True, torch.Generator().manual_seed(0))
+    assert torch.isfinite(b) and float(a) != float(b)  # same weights and seed, other noise levels
+    with pytest.raises(ValueError, match="timesteps"):
+        LatentDiffusionModule(tiny_unet(), timesteps="lognormal")
+    with pytest.raises(ValueError, match="timestep_std"):
+        LatentDiffusionModule(tiny_unet(), timesteps="logit_normal", timestep_std=0.0)
+
+
 def test_lr_decays_over_the_budget(tmp_path):
     module = LatentDiffusionModule(tiny_unet(), lr=1e-3, warmup_steps=2, lr_decay_fraction=0.5,
                                    num_val_samples=0)
