@@ -7,7 +7,7 @@ child process (so peak memory is per model); the runs alternate ours/theirs ``--
 times and the best time is kept, which damps the noise of a shared machine.
 
 Peak memory: CUDA ``max_memory_allocated``; on CPU the child's peak RSS growth after the
-model and input exist (peak ``ru_maxrss`` minus the current RSS before the pass), i.e. activations + workspace of one encode+decode.
+model and input exist (peak RSS, ``VmHWM``, minus the current RSS before the pass), i.e. activations + workspace of one encode+decode.
 
     python benchmarks/bench_autoencoder.py --size 64x128 --base 32 --mult 1,2,2,4 --blocks 1
     python benchmarks/bench_autoencoder.py --temporal --frames 6
@@ -98,7 +98,17 @@ def memory_worker(impl: str, args: argparse.Namespace) -> float:
         base_kb = int(fh.read().split()[1]) * resource.getpagesize() // 1024
     with torch.no_grad():
         _step(impl, model, x)
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_kb) / 1024
+    return (_peak_rss_kb() - base_kb) / 1024
+
+
+def _peak_rss_kb() -> int:
+    """This process's own peak RSS: VmHWM of its address space. Not ``ru_maxrss``, which on
+    Linux also carries the parent's RSS at fork/exec (the exec'd process inherits it)."""
+    try:
+        with open("/proc/self/status") as fh:
+            return int(next(line for line in fh if line.startswith("VmHWM:")).split()[1])
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def quality(paths: list[str], args: argparse.Namespace) -> None:

@@ -7,7 +7,11 @@ For each context-guidance schedule, one rollout (same checkpoints, scenario and 
 a subprocess of ``drivesim rollout`` and is measured from outside:
 
 - wall time and frames/s (frames / wall seconds) of the whole subprocess (model loading included);
-- CPU time and peak RSS of the child from ``os.wait4`` (``ru_utime + ru_stime``, ``ru_maxrss``);
+- CPU time of the child from ``os.wait4`` (``ru_utime + ru_stime``); its peak RSS is the
+  largest ``VmHWM`` polled from ``/proc/<pid>/status`` (the child's own address space).
+  ``ru_maxrss`` is recorded too (``ru_maxrss_mib``) but is not the child's own figure: Linux
+  carries the parent's RSS at fork/exec into it, so after this process has run an
+  evaluation (oracle, real clips in memory) every later rollout "peaks" at the parent's size;
 - the same at 30 s, 2 min and 5 min of video: ``/proc/<pid>/status`` (VmHWM = peak RSS so
   far) and ``/proc/<pid>/stat`` (CPU ticks) polled every ``--poll`` seconds, the frames done
   read from the rollout's chunk records (``.rollout/boxes_*.json``).
@@ -53,8 +57,9 @@ from drivesim.utils.io import DriveSimInputError, read_json
 
 MARKS_S = (30.0, 120.0, 300.0)  # video seconds at which timings and RSS are reported
 CHUNK_RE = re.compile(r"^boxes_(\d{6})\.json$")
-MEASUREMENT = ("rollout as a subprocess of `drivesim rollout`; wall time around it; CPU time and "
-               "peak RSS from os.wait4 (ru_utime + ru_stime, ru_maxrss); values at marks from "
+MEASUREMENT = ("rollout as a subprocess of `drivesim rollout`; wall time around it; CPU time from "
+               "os.wait4 (ru_utime + ru_stime); peak RSS = max /proc/<pid>/status VmHWM polled "
+               "(ru_maxrss_mib: os.wait4's, includes the parent's RSS at fork); values at marks from "
                "/proc/<pid>/status VmHWM and /proc/<pid>/stat utime + stime polled every "
                "{poll:g} s, frames done from the .rollout/boxes_*.json chunk records")
 
@@ -184,8 +189,11 @@ def run_measured(cmd: list[str], out: Path, threads: int, poll: float) -> dict:
     poller.join()
     if proc.returncode:
         raise RuntimeError(f"rollout failed with exit code {proc.returncode}: {' '.join(cmd)}")
+    ru_maxrss = usage.ru_maxrss / 1024  # includes the parent's RSS at fork/exec (see the docstring)
+    polled = max((s[2] for s in poller.samples), default=None)
     return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime,
-            "peak_rss_mib": usage.ru_maxrss / 1024, "samples": poller.samples}
+            "peak_rss_mib": ru_maxrss if polled is None else polled, "ru_maxrss_mib": ru_maxrss,
+            "samples": poller.samples}
 
 
 def mark_rows(samples: list, fps: float, frames: int, final: tuple[float, float, float]) -> list[dict]:
@@ -236,6 +244,7 @@ def run_schedule(args: argparse.Namespace, ckpts: dict, schedule: str) -> dict:
     rollout = {"frames": frames, "video_fps": fps, "wall_s": round(measured["wall_s"], 2),
                "cpu_s": round(measured["cpu_s"], 2), "frames_per_s": round(frames / measured["wall_s"], 3),
                "peak_rss_mib": round(measured["peak_rss_mib"], 1),
+               "ru_maxrss_mib": round(measured["ru_maxrss_mib"], 1),
                "marks": mark_rows(measured["samples"], fps, frames, final)}
     print(f"## {schedule}: eval per {args.window_seconds:g} s window", flush=True)
     report = evaluate(args, out, fps)

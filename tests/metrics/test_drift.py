@@ -178,3 +178,23 @@ def test_plot_one_panel_per_metric_refuses_overwrite(tmp_path):
     empty = {"constant": summarize_eval(_result([], []))}
     assert plot_schedules(empty, tmp_path / "none.png") is None
     assert not (tmp_path / "none.png").exists()
+
+
+def test_drift_script_peak_rss_is_the_childs_own_not_the_parents(tmp_path):
+    """The rollout child's peak RSS comes from its own VmHWM: ``ru_maxrss`` carries the
+    parent's RSS at fork/exec on Linux, which made a second rollout look 1.4x bigger."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from eval_rollout_drift import run_measured
+
+    ballast = bytearray(400 * 2**20)  # the parent holds 400 MiB, touched
+    ballast[::4096] = b"\1" * len(ballast[::4096])
+    child = [sys.executable, "-c", "import time; b = bytearray(60 * 2**20); b[::4096] = b'1' * len(b[::4096]); "
+             "time.sleep(1.0)"]
+    out = run_measured(child, tmp_path, threads=1, poll=0.05)
+    assert out["ru_maxrss_mib"] > 400          # the inherited figure
+    assert 60 < out["peak_rss_mib"] < 200      # the child's own: 60 MiB + the interpreter
+    assert out["samples"] and out["cpu_s"] >= 0
+    del ballast
