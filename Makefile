@@ -50,7 +50,7 @@ rollout: install ## 2-minute day and night rollouts with the demo models
 	$(DS) rollout --preset demo --runs $(RUNS) --seconds $(SECONDS) --steps $(STEPS) --overwrite
 
 eval: install ## score the demo rollouts against the held-out synthetic clips (oracle metrics)
-	$(DS) eval --real $(RUNS)/demo/data --real-split val --fake $(RUNS)/rollouts/demo --metrics oracle --out $(RUNS)/demo/eval/report.json --overwrite
+	$(DS) eval --real $(RUNS)/demo/data --real-split val --fake $(RUNS)/rollouts/demo --fps 2 --metrics oracle --out $(RUNS)/demo/eval/report.json --overwrite
 
 demo: install ## data -> autoencoder -> temporal decoder -> latents -> image LDM -> video LDM -> rollouts -> eval
 	$(DS) demo --runs $(RUNS) $(if $(filter 1,$(FORCE)),--force,)

@@ -16,18 +16,29 @@ from pathlib import Path
 
 from drivesim.training.pipeline import Stage, StageFailed, banner, run_pipeline
 
-# Wall-time budget per training stage in minutes at --minutes 20 (scaled linearly).
-_TRAIN_MINUTES = {"autoencoder": 3.5, "autoencoder_temporal": 1.0, "image_ldm": 3.0,
-                  "video_ldm": 3.0}
+# Wall-time budget per training stage in minutes at --minutes 20 (scaled linearly). The
+# image LDM gets the largest LDM share: the video LDM freezes its spatial layers, so what a
+# rollout frame looks like is the image model's (6 minutes draw road geometry that 3 do not;
+# docs/benchmarks.md), and the temporal decoder stage gains little per minute on CPU.
+_TRAIN_MINUTES = {"autoencoder": 3.5, "autoencoder_temporal": 0.5, "image_ldm": 4.5,
+                  "video_ldm": 2.0}
 # The demo's world: dense traffic close to the camera (the tiny configs' synthetic source
 # uses the same), so the scenario's vehicles are large enough to see at 64x128.
 _TRAFFIC = ["--traffic-range", "60"]
 _BUDGET_AT = 20.0
+VIDEO_CONFIG = "configs/video_ldm/tiny.yaml"
 
 
 def _max_time(minutes: float) -> str:
     seconds = max(30, int(round(minutes * 60)))
     return f"00:00:{seconds // 60:02d}:{seconds % 60:02d}"
+
+
+def _config_fps(config: str) -> float:
+    """The clip frame rate (``data.init_args.fps``) a training config uses."""
+    import yaml
+
+    return float(yaml.safe_load(Path(config).read_text())["data"]["init_args"]["fps"])
 
 
 def _fit(name: str, config: str, root: Path, minutes: float, overrides: list[str]) -> Stage:
@@ -74,15 +85,18 @@ def demo_stages(runs: Path, *, minutes: float = _BUDGET_AT, seconds: float = 120
               outputs=[latents / "manifest.jsonl"]),
         _fit("image_ldm", "configs/image_ldm/tiny.yaml", root, _TRAIN_MINUTES["image_ldm"] * scale,
              [*latent_data, "--model.init_args.autoencoder_path", str(ae_t)]),
-        _fit("video_ldm", "configs/video_ldm/tiny.yaml", root, _TRAIN_MINUTES["video_ldm"] * scale,
+        _fit("video_ldm", VIDEO_CONFIG, root, _TRAIN_MINUTES["video_ldm"] * scale,
              [*latent_data, "--model.init_args.autoencoder_path", str(ae_t),
               "--model.init_args.init_from", str(img)]),
         Stage("rollouts", f"{seconds / 60:g}-minute day and night rollouts",
               ["rollout", "--preset", "demo", "--runs", str(runs), "--seconds", str(seconds),
                "--steps", str(rollout_steps), "--crowd", "crowded", *_TRAFFIC, "--overwrite", "--debug-video"],
               outputs=[rollouts / "day" / "clip.json", rollouts / "night" / "clip.json"]),
+        # both sides at the rollouts' frame rate (the video model's): frame differences of
+        # 2 fps rollouts and 10 fps real clips are not comparable
         Stage("eval", "oracle metrics of the rollouts against held-out synthetic clips",
               ["eval", "--real", str(data), "--real-split", "val", "--fake", str(rollouts),
+               "--fps", f"{_config_fps(VIDEO_CONFIG):g}",
                "--metrics", "oracle", "--out", str(report), "--overwrite"],
               outputs=[report]),
     ]

@@ -46,6 +46,10 @@ def test_every_demo_stage_parses(tmp_path, capsys, monkeypatch):
                 assert args.overwrite, stage.name
     rollout = next(s for s in stages if s.name == "rollouts")
     assert "--debug-video" in rollout.argv  # the README promises the boxes-drawn video
+    # real clips are scored at the rollouts' frame rate (the video config's), not at 10 fps
+    ev = next(s for s in stages if s.name == "eval")
+    video_fps = yaml.safe_load(Path("configs/video_ldm/tiny.yaml").read_text())["data"]["init_args"]["fps"]
+    assert float(ev.argv[ev.argv.index("--fps") + 1]) == float(video_fps) == 2.0
 
 
 def test_demo_budget_scales_the_training_stages(tmp_path):
