@@ -8,6 +8,7 @@ from drivesim.training.callbacks import (
     NonFiniteLossError,
     WarmupEMA,
     warmup_ema_avg_fn,
+    warmup_ema_multi_avg_fn,
 )
 
 
@@ -50,6 +51,24 @@ def test_warmup_ema_recurrence():
     torch.testing.assert_close(avg_fn(a, x, torch.tensor(1000)), torch.tensor([1.2]))
     with pytest.raises(ValueError, match="decay"):
         warmup_ema_avg_fn(1.0)
+
+
+def test_fused_warmup_ema_equals_the_per_tensor_form(generator):
+    single, multi = warmup_ema_avg_fn(0.99, warmup=5.0), warmup_ema_multi_avg_fn(0.99, warmup=5.0)
+    avg = [torch.randn(3, 4, generator=generator), torch.randn(7, generator=generator)]
+    ref = [a.clone() for a in avg]
+    for n in (0, 1, 3, 50, 2000):
+        cur = [torch.randn_like(a) for a in avg]
+        ref = [single(a, x, torch.tensor(n)) for a, x in zip(ref, cur)]
+        multi(avg, cur, torch.tensor(n))  # in place
+        for a, r in zip(avg, ref):
+            torch.testing.assert_close(a, r, rtol=1e-6, atol=1e-6)
+    ints = [torch.tensor([1, 2])]
+    multi(ints, [torch.tensor([5, 6])], torch.tensor(3))
+    assert ints[0].tolist() == [5, 6]
+    multi([], [], torch.tensor(0))
+    with pytest.raises(ValueError, match="decay"):
+        warmup_ema_multi_avg_fn(-0.1)
 
 
 class _Drift(pl.LightningModule):
