@@ -33,6 +33,7 @@ from drivesim.data.clip_format import (
     read_manifest,
 )
 from drivesim.data.labels import CROWD_EDGES, DAY, NIGHT, crowd_bucket
+from drivesim.data.world.config import DEFAULT_TRAFFIC_RANGE
 from drivesim.utils.io import DriveSimInputError
 
 log = logging.getLogger(__name__)
@@ -269,7 +270,7 @@ def world_config(scenario: dict, *, height: int, width: int, fps: float, night: 
     return WorldConfig(seed=scenario["seed"], height=height, width=width, fps=fps,
                        night=scenario["night"] if night is None else night,
                        num_vehicles=scenario["num_vehicles"], weather=scenario["weather"],
-                       traffic_range=scenario.get("traffic_range", 185.0))
+                       traffic_range=scenario.get("traffic_range", DEFAULT_TRAFFIC_RANGE))
 
 
 class SyntheticDataset(IterableDataset):
@@ -289,7 +290,7 @@ class SyntheticDataset(IterableDataset):
                  max_boxes: int = 16, samples: int = 1000, seed: int = 0, night_fraction: float = 0.5,
                  min_vehicles: int = 0, max_vehicles: int = 12, weathers: Sequence[str] = ("clear",),
                  max_warmup_steps: int = 30, rank: int | None = None, world_size: int | None = None,
-                 resample_each_epoch: bool = True, traffic_range: float = 185.0) -> None:
+                 resample_each_epoch: bool = True, traffic_range: float = DEFAULT_TRAFFIC_RANGE) -> None:
         if not (0 <= night_fraction <= 1 and 0 <= min_vehicles <= max_vehicles and frames >= 1 and samples >= 0):
             raise ValueError(f"SyntheticDataset: bad options night_fraction={night_fraction} "
                              f"vehicles={min_vehicles}..{max_vehicles} frames={frames} samples={samples}")
@@ -319,7 +320,7 @@ class SyntheticDataset(IterableDataset):
 
     def sample(self, index: int, epoch: int = 0) -> dict:
         """Render sample ``index`` of ``epoch`` (deterministic)."""
-        from drivesim.data.world import DrivingWorld  # the world is only needed here
+        from drivesim.data.world import DrivingWorld
 
         sc = self.scenario(index, epoch)
         world = DrivingWorld(world_config(sc, height=self.height, width=self.width, fps=self.fps))

@@ -28,6 +28,7 @@ from drivesim.data.clip_format import (
     write_manifest,
 )
 from drivesim.data.datasets import SyntheticDataset, world_config
+from drivesim.data.world.config import DEFAULT_TRAFFIC_RANGE
 from drivesim.utils.io import DriveSimInputError
 
 
@@ -52,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--night-fraction", type=float, default=0.5, help="probability that a clip is at night")
     parser.add_argument("--min-vehicles", type=int, default=0)
     parser.add_argument("--max-vehicles", type=int, default=12)
-    parser.add_argument("--traffic-range", type=float, default=185.0,
+    parser.add_argument("--traffic-range", type=float, default=DEFAULT_TRAFFIC_RANGE,
                         help="metres ahead of the ego within which traffic is simulated (shorter = closer vehicles)")
     parser.add_argument("--weathers", default="clear", help="comma list drawn uniformly: clear,rain,fog")
     parser.add_argument("--format", choices=("mp4", "png", "jpg"), default="mp4", help="frame storage")
@@ -87,7 +88,7 @@ def _existing_entry(clip_dir: Path, root: Path, split: str, scenario: dict, fram
                     size: tuple[int, int]) -> ManifestEntry:
     """Manifest entry of a finished clip; refuses one made with other settings."""
     clip = read_clip(clip_dir)
-    found = (clip.labels.get("seed"), clip.labels.get("num_vehicles"), clip.labels.get("traffic_range", 185.0),
+    found = (clip.labels.get("seed"), clip.labels.get("num_vehicles"), clip.labels.get("traffic_range", DEFAULT_TRAFFIC_RANGE),
              clip.num_frames, clip.fps, (clip.height, clip.width))
     wanted = (scenario["seed"], scenario["num_vehicles"], scenario["traffic_range"], frames, fps, size)
     if found != wanted:

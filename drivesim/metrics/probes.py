@@ -30,6 +30,7 @@ import torch
 from drivesim.data.boxes import draw_boxes, pad_boxes
 from drivesim.data.clip_format import mean_visible_vehicles
 from drivesim.data.labels import PAD_CLASS, crowd_bucket
+from drivesim.data.world.config import DEFAULT_TRAFFIC_RANGE
 from drivesim.metrics.evaluate import evaluate_videos
 from drivesim.metrics.oracle.scores import (
     BoxFidelity,
@@ -142,7 +143,7 @@ class ImageScenario:
 
 def world_scenarios(base_seed: int, count: int, height: int, width: int, fps: float = 10.0,
                     max_boxes: int = 16, min_vehicles: int = 0, max_vehicles: int = 12,
-                    traffic_range: float = 185.0) -> list[ImageScenario]:
+                    traffic_range: float = DEFAULT_TRAFFIC_RANGE) -> list[ImageScenario]:
     """``count`` scenarios drawn like the training data (``SyntheticDataset(seed=base_seed)
     .scenario(i)``: world seed, vehicle count, weather, warm-up), rendered day and night.
 

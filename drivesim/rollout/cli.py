@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from drivesim.data.labels import DAYNIGHT_NAMES
+from drivesim.data.world.config import DEFAULT_TRAFFIC_RANGE
 from drivesim.models.autoencoder import AutoencoderKL, load_autoencoder
 from drivesim.rollout.chaining import RolloutPlan
 from drivesim.rollout.engine import (
@@ -55,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--scenario", default="synthetic:3", help="synthetic:SEED | FILE.json | clip:DIR | none")
     a("--scenario-end", choices=END_POLICIES, help="scenario shorter than the drive: fail or hold")
     a("--crowd", choices=tuple(SYNTHETIC_VEHICLES), default="moderate", help="synthetic traffic")
-    a("--traffic-range", type=float, default=185.0,
+    a("--traffic-range", type=float, default=DEFAULT_TRAFFIC_RANGE,
       help="synthetic scenario: metres of simulated traffic ahead (match the training data's)")
     a("--start", default="auto", help="auto | image | clip:DIR (first frames from a real clip)")
     a("--start-frames", type=int, default=1, choices=(1, 2), help="start frames taken from a clip")

@@ -30,6 +30,7 @@ import numpy as np
 
 from drivesim.data import labels as L
 from drivesim.data.boxes import pad_boxes
+from drivesim.data.world.config import DEFAULT_TRAFFIC_RANGE
 from drivesim.utils.io import DriveSimInputError, read_json
 
 SCHEMA = "drivesim.scenario/1"
@@ -233,7 +234,7 @@ class SyntheticScenario(Scenario):
 
     def __init__(self, seed: int, *, fps: float, night: bool = False, crowd: str = "moderate",
                  max_boxes: int = 16, cache: int = 256, crowd_probe_s: float = 30.0,
-                 traffic_range: float = 185.0) -> None:
+                 traffic_range: float = DEFAULT_TRAFFIC_RANGE) -> None:
         if crowd not in SYNTHETIC_VEHICLES:
             raise DriveSimInputError(f"expected one of {tuple(SYNTHETIC_VEHICLES)}",
                                      path=f"synthetic:{seed}", field="crowd", value=crowd)
@@ -310,7 +311,7 @@ class ClipScenario(Scenario):
 
 
 def load_scenario(spec: str, *, fps: float, daynight: str | None = None, crowd: str = "moderate",
-                  end: str | None = None, max_boxes: int = 16, traffic_range: float = 185.0) -> Scenario:
+                  end: str | None = None, max_boxes: int = 16, traffic_range: float = DEFAULT_TRAFFIC_RANGE) -> Scenario:
     """Parse ``--scenario``: ``synthetic:SEED`` | ``clip:DIR`` | ``none`` | a JSON path.
 
     ``fps`` is the rate the synthetic world is stepped at (the rollout's output fps);

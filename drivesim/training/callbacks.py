@@ -87,6 +87,11 @@ class LossRecorder(_BatchStepCallback):
             fh.write(json.dumps(record) + "\n")
 
 
+def _warmup_decay(decay: float, warmup: float, num_averaged: torch.Tensor) -> float:
+    n = float(num_averaged)
+    return min(decay, (1.0 + n) / (warmup + n))
+
+
 def warmup_ema_avg_fn(decay: float, warmup: float = 10.0):
     """EMA update with the usual warm-up: after ``n`` updates the decay is
     ``min(decay, (1 + n) / (warmup + n))``, so a short run's average is not dominated by the
@@ -96,8 +101,7 @@ def warmup_ema_avg_fn(decay: float, warmup: float = 10.0):
         raise ValueError(f"warmup EMA: need 0 <= decay < 1 and warmup > 1, got decay={decay}, warmup={warmup}")
 
     def avg_fn(averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
-        n = float(num_averaged)
-        d = min(decay, (1.0 + n) / (warmup + n))
+        d = _warmup_decay(decay, warmup, num_averaged)
         return averaged * d + current * (1.0 - d)
 
     return avg_fn
@@ -114,8 +118,7 @@ def warmup_ema_multi_avg_fn(decay: float, warmup: float = 10.0):
                      num_averaged: torch.Tensor) -> None:
         if not averaged:
             return
-        n = float(num_averaged)
-        d = min(decay, (1.0 + n) / (warmup + n))
+        d = _warmup_decay(decay, warmup, num_averaged)
         if torch.is_floating_point(averaged[0]) or torch.is_complex(averaged[0]):
             torch._foreach_lerp_(averaged, current, 1.0 - d)  # a + (1 - d)(x - a) = d a + (1 - d) x
         else:

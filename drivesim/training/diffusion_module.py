@@ -297,9 +297,8 @@ class LatentDiffusionModule(LightningModule):
         return diffusion_loss(self.unet, z, cond, self.schedule, generator=generator,
                               prediction=self.hparams.prediction, loss_mask=loss_mask,
                               weight=self._box_weight(batch, z), snr_gamma=self.hparams.snr_gamma,
-                              timesteps=self.hparams.get("timesteps", "uniform"),
-                              timestep_mean=self.hparams.get("timestep_mean", 0.0),
-                              timestep_std=self.hparams.get("timestep_std", 1.0))
+                              timesteps=self.hparams.timesteps, timestep_mean=self.hparams.timestep_mean,
+                              timestep_std=self.hparams.timestep_std)
 
     def _box_weight(self, batch: dict[str, Any], z: torch.Tensor) -> torch.Tensor | None:
         """[B, T, 1, h, w] = 1 + box_loss_weight * (vehicle-box coverage of each latent cell),

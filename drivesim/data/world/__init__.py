@@ -10,7 +10,7 @@ frame = world.step(render=False)  # boxes without pixels
 See docs/world.md for what it models and its camera conventions.
 """
 
-from .config import WEATHERS, WorldConfig
+from .config import DEFAULT_TRAFFIC_RANGE, WEATHERS, WorldConfig
 from .world import DrivingWorld, WorldFrame
 
-__all__ = ["WEATHERS", "DrivingWorld", "WorldConfig", "WorldFrame"]
+__all__ = ["DEFAULT_TRAFFIC_RANGE", "WEATHERS", "DrivingWorld", "WorldConfig", "WorldFrame"]

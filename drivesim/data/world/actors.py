@@ -19,6 +19,7 @@ import numpy as np
 
 from drivesim.data.labels import CLASS_IDS
 
+from .config import DEFAULT_TRAFFIC_RANGE
 from .road import LaneLayout
 
 # IDM parameters (Treiber et al. 2000, typical values)
@@ -54,7 +55,7 @@ class Traffic:
     for room to spawn."""
 
     def __init__(self, seed: int, num_vehicles: int, layout: LaneLayout,
-                 ego_speed: float | None, num_pedestrians: int = 0, traffic_range: float = 185.0) -> None:
+                 ego_speed: float | None, num_pedestrians: int = 0, traffic_range: float = DEFAULT_TRAFFIC_RANGE) -> None:
         self.rng = np.random.default_rng([seed, 0x7AFF1C])
         # Road users live within (_BEHIND, traffic_range) metres of the ego; new ones appear
         # "anywhere" in (-25, R - 35) at the start and "ahead" in (R - min(65, 0.4 R), R - 10),

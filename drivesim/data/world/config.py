@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from drivesim.utils.io import DriveSimInputError
 
 WEATHERS: tuple[str, ...] = ("clear", "rain", "fog")
+DEFAULT_TRAFFIC_RANGE = 185.0  # metres of simulated traffic ahead: the world's default density
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ class WorldConfig:
     lanes_oncoming: int = 2
     lane_width: float = 3.5
     ego_speed: float | None = None   # desired ego speed in m/s; None draws one from the seed
-    traffic_range: float = 185.0     # metres ahead of the ego within which traffic is simulated
+    traffic_range: float = DEFAULT_TRAFFIC_RANGE  # metres ahead of the ego within which traffic is simulated
     sim_hz: float = 20.0             # fixed simulation clock; frames interpolate between ticks
     # labels
     min_box_pixels: float = 2.0      # boxes narrower or shorter than this are dropped
