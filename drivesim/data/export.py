@@ -2,18 +2,22 @@
 
     drivesim data synth --out DIR --clips N --seconds S --fps F --size HxW --seed K \\
         [--night-fraction 0.5] [--format mp4|png|jpg] [--val-fraction 0.1] \\
-        [--overwrite | --skip-existing]
+        [--overwrite | --skip-existing] [--workers N]
 
 Clip ``i`` is ``DIR/synth_{i:06d}``; its drive (world seed, day/night, vehicle count,
 weather) is ``SyntheticDataset(seed=K).scenario(i)``, so the export is reproducible and
 sample ``i`` of the streaming dataset shows the same drive. Each clip is written atomically;
 the manifest is written last. A killed run is resumed with ``--skip-existing``.
+``--workers N`` renders N clips at a time in separate processes (the renderer and the H.264
+writer are single-threaded); the files do not depend on N.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from tqdm import tqdm
@@ -61,6 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--overwrite", action="store_true", help="replace existing clips and manifest")
     group.add_argument("--skip-existing", action="store_true", help="keep finished clips (resume)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="clips rendered in parallel processes (0: one per CPU core; default 1)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -102,9 +108,10 @@ def _existing_entry(clip_dir: Path, root: Path, split: str, scenario: dict, fram
 def run(args: argparse.Namespace) -> int:
     out, size = Path(args.out), args.size
     frames = round(args.seconds * args.fps)
-    if args.clips < 1 or frames < 1 or not args.fps > 0 or not 0 <= args.val_fraction < 1:
-        print(f"drivesim data synth: need --clips >= 1, --seconds * --fps >= 1 and 0 <= --val-fraction < 1 "
-              f"(got {args.clips}, {args.seconds} s x {args.fps} fps, {args.val_fraction})", file=sys.stderr)
+    if args.clips < 1 or frames < 1 or not args.fps > 0 or not 0 <= args.val_fraction < 1 or args.workers < 0:
+        print(f"drivesim data synth: need --clips >= 1, --seconds * --fps >= 1, 0 <= --val-fraction < 1 and "
+              f"--workers >= 0 (got {args.clips}, {args.seconds} s x {args.fps} fps, {args.val_fraction}, "
+              f"{args.workers})", file=sys.stderr)
         return 2
     ids = [f"synth_{i:06d}" for i in range(args.clips)]
     taken = [p for p in [out / MANIFEST, *(out / c for c in ids)] if p.exists()]
@@ -115,20 +122,33 @@ def run(args: argparse.Namespace) -> int:
     source = SyntheticDataset(seed=args.seed, night_fraction=args.night_fraction, min_vehicles=args.min_vehicles,
                               max_vehicles=args.max_vehicles, weathers=tuple(args.weathers.split(",")),
                               traffic_range=args.traffic_range)
-    entries = []
-    bar = tqdm(ids, desc="synth clips", unit="clip", disable=args.no_progress)
-    for i, clip_id in enumerate(bar):
-        clip_dir, split, scenario = out / clip_id, assign_split(i, args.clips, args.val_fraction), source.scenario(i)
+    splits = [assign_split(i, args.clips, args.val_fraction) for i in range(args.clips)]
+    todo = []
+    for i, clip_id in enumerate(ids):
+        clip_dir, scenario = out / clip_id, source.scenario(i)
         if args.skip_existing and clip_dir.exists():
-            try:
-                entries.append(_existing_entry(clip_dir, out, split, scenario, frames, args.fps, size))
+            try:  # a finished clip made with these settings is kept
+                _existing_entry(clip_dir, out, splits[i], scenario, frames, args.fps, size)
             except DriveSimInputError as err:
                 print(f"drivesim data synth: {err}", file=sys.stderr)
                 return 1
             continue
-        export_clip(clip_dir, scenario, frames=frames, fps=args.fps, size=size, frames_format=args.format,
-                    overwrite=args.overwrite)
-        entries.append(manifest_entry(read_clip(clip_dir), out, split))
+        todo.append((clip_dir, scenario))
+    workers = args.workers if args.workers > 0 else (os.cpu_count() or 1)
+    kw = dict(frames=frames, fps=args.fps, size=size, frames_format=args.format, overwrite=args.overwrite)
+    bar = tqdm(total=len(ids), initial=len(ids) - len(todo), desc="synth clips", unit="clip",
+               disable=args.no_progress)
+    if workers == 1 or len(todo) <= 1:
+        for clip_dir, scenario in todo:
+            export_clip(clip_dir, scenario, **kw)
+            bar.update()
+    else:
+        with ProcessPoolExecutor(min(workers, len(todo))) as pool:
+            for future in [pool.submit(export_clip, d, sc, **kw) for d, sc in todo]:
+                future.result()  # in order; a failed clip raises here, the manifest is not written
+                bar.update()
+    bar.close()
+    entries = [manifest_entry(read_clip(out / clip_id), out, split) for clip_id, split in zip(ids, splits)]
     path = write_manifest(out, entries, overwrite=True)
     n_val = sum(e.split == "val" for e in entries)
     print(f"wrote {len(entries)} clips ({len(entries) - n_val} train, {n_val} val) x {frames} frames "

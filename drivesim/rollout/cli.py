@@ -6,11 +6,15 @@
     drivesim rollout --preset demo --runs runs --seconds 120     # day and night (make rollout)
 
 ``--preset demo`` takes ``RUNS/demo/{autoencoder_temporal,video_ldm,image_ldm}/model.*``.
+``--daynight both --workers 2`` renders the day and the night drive in two processes, the
+CPU threads split between them.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,6 +87,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--resume", action="store_true", help="continue an interrupted rollout in --out")
     a("--overwrite", action="store_true", help="replace an existing output")
     a("--debug-video", action="store_true", help="also write debug.mp4 with the boxes drawn")
+    a("--workers", type=int, default=1, help="with --daynight both: drives rendered in parallel "
+      "processes, the CPU threads split between them (0: one per drive; default 1)")
     a("--no-progress", action="store_true")
 
 
@@ -213,17 +219,46 @@ def rollout_targets(args: argparse.Namespace) -> list[tuple[str | None, Path]]:
     return [(args.daynight, Path(args.out))]
 
 
+def _report(res, fps: float) -> None:
+    print(f"wrote {res.out_dir}: {res.num_frames} frames at {fps:g} fps, "
+          f"{res.num_segments} segments" + (f" (resumed at segment {res.resumed_from})"
+                                            if res.resumed_from is not None else ""))
+
+
+def _run_one(args: argparse.Namespace, daynight: str | None, out: Path, position: int,
+             threads: int):
+    """One drive in a worker process (``--workers``): own models, ``threads`` CPU threads."""
+    torch.set_num_threads(threads)
+    loaded = load_models(args)
+    job, models, start = build_job(args, loaded, daynight, out)
+    res = run_rollout(job, models, start, resume=args.resume, overwrite=args.overwrite,
+                      progress=not args.no_progress, desc=f"rollout {daynight or out.name}",
+                      position=position)
+    return res, job.plan.output_fps
+
+
 def run(args: argparse.Namespace) -> int:
     resolve_preset(args)
     targets = rollout_targets(args)
+    if args.workers < 0:
+        raise DriveSimInputError("must be >= 0", field="--workers", value=args.workers)
     for _, out in targets:  # refuse an existing output before loading or sampling anything
         prepare_output(out, resume=args.resume, overwrite=args.overwrite)
+    workers = min(len(targets), args.workers or len(targets))
+    if workers > 1:
+        # spawn, not fork: a forked child would inherit the parent's torch thread pool state
+        threads = max(1, torch.get_num_threads() // workers)
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+            futures = [pool.submit(_run_one, args, dn, out, i, threads)
+                       for i, (dn, out) in enumerate(targets)]
+            for future in futures:  # a failed drive raises here
+                _report(*future.result())
+        return 0
     loaded = load_models(args)
     for daynight, out in targets:
         job, models, start = build_job(args, loaded, daynight, out)
         res = run_rollout(job, models, start, resume=args.resume, overwrite=args.overwrite,
                           progress=not args.no_progress)
-        print(f"wrote {res.out_dir}: {res.num_frames} frames at {job.plan.output_fps:g} fps, "
-              f"{res.num_segments} segments" + (f" (resumed at segment {res.resumed_from})"
-                                                if res.resumed_from is not None else ""))
+        _report(res, job.plan.output_fps)
     return 0

@@ -239,10 +239,12 @@ def prepare_output(out_dir: Path, *, resume: bool, overwrite: bool) -> None:
 
 @torch.no_grad()
 def run_rollout(job: RolloutJob, models: RolloutModels, start_latents: torch.Tensor | None, *,
-                resume: bool = False, overwrite: bool = False, progress: bool = True) -> RolloutResult:
+                resume: bool = False, overwrite: bool = False, progress: bool = True,
+                desc: str = "rollout", position: int | None = None) -> RolloutResult:
     """Generate ``job.plan`` into ``job.out_dir`` (frames.mp4, clip.json, optional debug.mp4).
 
     ``start_latents`` [1, S0, C, h, w] are the start frames (ignored when resuming).
+    ``desc`` / ``position``: the progress bar's label and terminal line (parallel drives).
     """
     out_dir, plan = Path(job.out_dir), job.plan
     prepare_output(out_dir, resume=resume, overwrite=overwrite)
@@ -260,7 +262,7 @@ def run_rollout(job: RolloutJob, models: RolloutModels, start_latents: torch.Ten
         loop.start(start_latents)
         save_state(state_path, loop.state())
     bar = tqdm(total=plan.num_output_frames, initial=loop.frames_written, unit="frame",
-               desc="rollout", disable=not progress, dynamic_ncols=True)
+               desc=desc, position=position, disable=not progress, dynamic_ncols=True)
     try:
         for k in range(loop.segments_done, plan.num_segments):
             loop.run_segment(k)

@@ -47,6 +47,9 @@ def _fit(name: str, config: str, root: Path, minutes: float, overrides: list[str
     argv = ["fit", "--config", config, "--trainer.default_root_dir", str(out),
             "--trainer.max_time", _max_time(minutes), "--trainer.enable_progress_bar", "true",
             "--trainer.limit_val_batches", "2",
+            # no sanity validation: the demo's configs are known good, and the step-0 samples it
+            # logs cost the video stage ~15 s of a 2-minute budget (validation still runs at the end)
+            "--trainer.num_sanity_val_steps", "0",
             "--model.init_args.model_file", str(model_file),
             # the pipeline runs a stage only when it is not finished (stamp) or on --force, and
             # then the stage's own earlier output must be replaced, not refused
@@ -72,7 +75,7 @@ def demo_stages(runs: Path, *, minutes: float = _BUDGET_AT, seconds: float = 120
               ["data", "synth", "--out", str(data), "--clips", str(clips), "--seconds", "12",
                "--fps", "10", "--size", "64x128", "--seed", "0", "--val-fraction", "0.25",
                "--night-fraction", "0.5", "--min-vehicles", "4", "--max-vehicles", "12", *_TRAFFIC,
-               "--overwrite"],
+               "--workers", "0", "--overwrite"],
               outputs=[data / "manifest.jsonl"]),
         _fit("autoencoder", "configs/autoencoder/tiny.yaml", root,
              _TRAIN_MINUTES["autoencoder"] * scale, clip_data),
@@ -90,7 +93,7 @@ def demo_stages(runs: Path, *, minutes: float = _BUDGET_AT, seconds: float = 120
               "--model.init_args.init_from", str(img)]),
         Stage("rollouts", f"{seconds / 60:g}-minute day and night rollouts",
               ["rollout", "--preset", "demo", "--runs", str(runs), "--seconds", str(seconds),
-               "--steps", str(rollout_steps), "--crowd", "crowded", *_TRAFFIC, "--overwrite", "--debug-video"],
+               "--steps", str(rollout_steps), "--crowd", "crowded", *_TRAFFIC, "--workers", "2", "--overwrite", "--debug-video"],
               outputs=[rollouts / "day" / "clip.json", rollouts / "night" / "clip.json"]),
         # both sides at the rollouts' frame rate (the video model's): frame differences of
         # 2 fps rollouts and 10 fps real clips are not comparable

@@ -40,6 +40,24 @@ def test_synth_writes_clips_and_manifest(tmp_path, capsys):
     assert len(ds) == 2
 
 
+def test_synth_workers_write_the_same_dataset(tmp_path, capsys):
+    assert synth(tmp_path / "one") == 0
+    assert synth(tmp_path / "two", "--workers", "2") == 0
+    one, two = read_manifest(tmp_path / "one"), read_manifest(tmp_path / "two")
+    assert [(e.clip_id, e.split) for e in one] == [(e.clip_id, e.split) for e in two]
+    for e in one:
+        a, b = read_clip(tmp_path / "one" / e.clip_id), read_clip(tmp_path / "two" / e.clip_id)
+        assert (a.path / "clip.json").read_bytes() == (b.path / "clip.json").read_bytes()
+        np.testing.assert_array_equal(a.frames(range(a.num_frames)), b.frames(range(b.num_frames)))
+    # resume with workers: the missing clip is rendered, the kept ones are untouched
+    shutil.rmtree(tmp_path / "two" / "synth_000001")
+    (tmp_path / "two" / MANIFEST).unlink()
+    assert synth(tmp_path / "two", "--workers", "2", "--skip-existing") == 0
+    assert len(read_manifest(tmp_path / "two")) == 3
+    assert synth(tmp_path / "bad", "--workers", "-1") == 2
+    assert "--workers >= 0" in capsys.readouterr().err
+
+
 def test_synth_refuses_overwrite_and_resumes(tmp_path, capsys):
     out = tmp_path / "ds"
     assert synth(out, "--format", "png") == 0

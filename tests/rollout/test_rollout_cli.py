@@ -60,6 +60,24 @@ def test_cli_rollout_is_a_deterministic_valid_clip(tmp_path, ckpts):
     assert read_clip(tmp_path / "a").labels["daynight"] == "night"
 
 
+def test_day_and_night_in_parallel_workers_equal_the_serial_run(tmp_path, ckpts):
+    scen = scenario(tmp_path)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)  # -> one thread per worker, as the serial run below
+        assert main(argv(ckpts, tmp_path / "par", scen, "--daynight", "both", "--workers", "2")) == 0
+        torch.set_num_threads(1)
+        assert main(argv(ckpts, tmp_path / "ser", scen, "--daynight", "both")) == 0
+    finally:
+        torch.set_num_threads(threads)
+    for dn in ("day", "night"):
+        assert read_clip(tmp_path / "par" / dn).labels["daynight"] == dn
+        assert ((tmp_path / "par" / dn / "frames.mp4").read_bytes()
+                == (tmp_path / "ser" / dn / "frames.mp4").read_bytes())
+    with pytest.raises(DriveSimInputError, match="--workers"):
+        main(argv(ckpts, tmp_path / "bad", scen, "--daynight", "both", "--workers", "-1"))
+
+
 def test_clip_start_and_interpolation_pass(tmp_path, ckpts):
     import numpy as np
 
