@@ -15,6 +15,7 @@ writer are single-threaded); the files do not depend on N.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -143,7 +144,9 @@ def run(args: argparse.Namespace) -> int:
             export_clip(clip_dir, scenario, **kw)
             bar.update()
     else:
-        with ProcessPoolExecutor(min(workers, len(todo))) as pool:
+        # spawn: forking a parent that runs threads (tqdm's monitor, torch's pools) can deadlock
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(min(workers, len(todo)), mp_context=ctx) as pool:
             for future in [pool.submit(export_clip, d, sc, **kw) for d, sc in todo]:
                 future.result()  # in order; a failed clip raises here, the manifest is not written
                 bar.update()
