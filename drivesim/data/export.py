@@ -15,10 +15,8 @@ writer are single-threaded); the files do not depend on N.
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import os
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from tqdm import tqdm
@@ -35,6 +33,7 @@ from drivesim.data.clip_format import (
 from drivesim.data.datasets import SyntheticDataset, world_config
 from drivesim.data.world.config import DEFAULT_TRAFFIC_RANGE
 from drivesim.utils.io import DriveSimInputError
+from drivesim.utils.parallel import spawn_pool
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -124,34 +123,38 @@ def run(args: argparse.Namespace) -> int:
                               max_vehicles=args.max_vehicles, weathers=tuple(args.weathers.split(",")),
                               traffic_range=args.traffic_range)
     splits = [assign_split(i, args.clips, args.val_fraction) for i in range(args.clips)]
-    todo = []
+    entries: list[ManifestEntry | None] = [None] * args.clips
+    todo = []  # (index, clip folder, scenario) of the clips to render
     for i, clip_id in enumerate(ids):
         clip_dir, scenario = out / clip_id, source.scenario(i)
         if args.skip_existing and clip_dir.exists():
             try:  # a finished clip made with these settings is kept
-                _existing_entry(clip_dir, out, splits[i], scenario, frames, args.fps, size)
+                entries[i] = _existing_entry(clip_dir, out, splits[i], scenario, frames, args.fps, size)
             except DriveSimInputError as err:
                 print(f"drivesim data synth: {err}", file=sys.stderr)
                 return 1
-            continue
-        todo.append((clip_dir, scenario))
+        else:
+            todo.append((i, clip_dir, scenario))
     workers = args.workers if args.workers > 0 else (os.cpu_count() or 1)
     kw = dict(frames=frames, fps=args.fps, size=size, frames_format=args.format, overwrite=args.overwrite)
     bar = tqdm(total=len(ids), initial=len(ids) - len(todo), desc="synth clips", unit="clip",
                disable=args.no_progress)
+
+    def finished(i: int) -> None:
+        entries[i] = manifest_entry(read_clip(out / ids[i]), out, splits[i])
+        bar.update()
+
     if workers == 1 or len(todo) <= 1:
-        for clip_dir, scenario in todo:
+        for i, clip_dir, scenario in todo:
             export_clip(clip_dir, scenario, **kw)
-            bar.update()
+            finished(i)
     else:
-        # spawn: forking a parent that runs threads (tqdm's monitor, torch's pools) can deadlock
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(min(workers, len(todo)), mp_context=ctx) as pool:
-            for future in [pool.submit(export_clip, d, sc, **kw) for d, sc in todo]:
+        with spawn_pool(min(workers, len(todo))) as pool:
+            futures = [(i, pool.submit(export_clip, d, sc, **kw)) for i, d, sc in todo]
+            for i, future in futures:
                 future.result()  # in order; a failed clip raises here, the manifest is not written
-                bar.update()
+                finished(i)
     bar.close()
-    entries = [manifest_entry(read_clip(out / clip_id), out, split) for clip_id, split in zip(ids, splits)]
     path = write_manifest(out, entries, overwrite=True)
     n_val = sum(e.split == "val" for e in entries)
     print(f"wrote {len(entries)} clips ({len(entries) - n_val} train, {n_val} val) x {frames} frames "

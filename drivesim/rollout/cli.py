@@ -13,8 +13,6 @@ CPU threads split between them.
 from __future__ import annotations
 
 import argparse
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +40,7 @@ from drivesim.rollout.sampler import (
 from drivesim.rollout.scenario import END_POLICIES, SYNTHETIC_VEHICLES, Scenario, load_scenario
 from drivesim.rollout.state import fingerprint
 from drivesim.utils.io import DriveSimInputError
+from drivesim.utils.parallel import spawn_pool
 
 PRESET_DIRS = {"ae_ckpt": "autoencoder_temporal", "video_ckpt": "video_ldm", "image_ckpt": "image_ldm"}
 MODEL_SUFFIXES = (".safetensors", ".pt", ".ckpt")
@@ -246,10 +245,8 @@ def run(args: argparse.Namespace) -> int:
         prepare_output(out, resume=args.resume, overwrite=args.overwrite)
     workers = min(len(targets), args.workers or len(targets))
     if workers > 1:
-        # spawn, not fork: a forked child would inherit the parent's torch thread pool state
         threads = max(1, torch.get_num_threads() // workers)
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        with spawn_pool(workers) as pool:
             futures = [pool.submit(_run_one, args, dn, out, i, threads)
                        for i, (dn, out) in enumerate(targets)]
             for future in futures:  # a failed drive raises here

@@ -87,6 +87,11 @@ class LossRecorder(_BatchStepCallback):
             fh.write(json.dumps(record) + "\n")
 
 
+def _check_warmup_ema(decay: float, warmup: float) -> None:
+    if not (0 <= decay < 1 and warmup > 1):
+        raise ValueError(f"warmup EMA: need 0 <= decay < 1 and warmup > 1, got decay={decay}, warmup={warmup}")
+
+
 def _warmup_decay(decay: float, warmup: float, num_averaged: torch.Tensor) -> float:
     n = float(num_averaged)
     return min(decay, (1.0 + n) / (warmup + n))
@@ -97,8 +102,7 @@ def warmup_ema_avg_fn(decay: float, warmup: float = 10.0):
     ``min(decay, (1 + n) / (warmup + n))``, so a short run's average is not dominated by the
     initial weights (a fixed 0.999 keeps 0.999**400 = 67% of the step-0 weights after 400
     steps, which is all a CPU demo stage gets). Signature of ``AveragedModel``'s ``avg_fn``."""
-    if not 0.0 <= decay < 1.0 or warmup <= 1.0:
-        raise ValueError(f"warmup EMA: need 0 <= decay < 1 and warmup > 1, got decay={decay}, warmup={warmup}")
+    _check_warmup_ema(decay, warmup)
 
     def avg_fn(averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
         d = _warmup_decay(decay, warmup, num_averaged)
@@ -112,7 +116,7 @@ def warmup_ema_multi_avg_fn(decay: float, warmup: float = 10.0):
     ``torch._foreach_lerp_`` per (device, dtype) group instead of a new tensor per parameter
     (``AveragedModel``'s ``multi_avg_fn`` signature). Non-floating tensors (integer buffers)
     take the current value. Same numbers as the per-tensor form (tested)."""
-    warmup_ema_avg_fn(decay, warmup)  # validates
+    _check_warmup_ema(decay, warmup)
 
     def multi_avg_fn(averaged: list[torch.Tensor], current: list[torch.Tensor],
                      num_averaged: torch.Tensor) -> None:
