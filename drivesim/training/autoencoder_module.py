@@ -71,7 +71,10 @@ class AutoencoderModule(LightningModule):
     of ``max_steps`` or ``max_time``, whichever ends first). ``flicker_weight`` (temporal stage,
     beyond the paper) adds ``w * sum |(x_hat[t+1] - x_hat[t]) - (x[t+1] - x[t])|`` per frame pair, a
     direct penalty on the flicker metric next to the video discriminator. ``latent_noise``
-    (beyond the paper) decodes ``z + latent_noise * std(z) * eps`` in training (robust decoder).
+    (beyond the paper) decodes ``z + latent_noise * std_c(z) * eps`` in training (robust decoder;
+    std per latent channel). ``l2_weight`` adds ``w_2 * sum (x - x_hat)^2`` to the per-frame L1 sum:
+    PSNR is a squared error, and the squared term weighs the large errors (lamps, tail lights,
+    lane edges) that L1 leaves blurred.
     """
 
     def __init__(self, stage: str = "image", base_channels: int = 128, ch_mult: Sequence[int] = (1, 2, 2, 4),
@@ -83,12 +86,14 @@ class AutoencoderModule(LightningModule):
                  init_from: str | None = None, freeze_spatial_decoder: bool = False, scale_batches: int = 4,
                  model_file: str | None = None, overwrite: bool = False, seed: int = 0,
                  train_crop: Sequence[int] | None = None, warmup_steps: int = 0,
-                 lr_decay_fraction: float = 0.0, flicker_weight: float = 0.0, latent_noise: float = 0.0) -> None:
+                 lr_decay_fraction: float = 0.0, flicker_weight: float = 0.0, latent_noise: float = 0.0,
+                 l2_weight: float = 0.0) -> None:
         super().__init__()
         if stage not in STAGES:
             raise DriveSimInputError(f"stage must be one of {STAGES}", field="stage", value=stage)
         check_schedule(warmup_steps, lr_decay_fraction)
-        for name, value in (("flicker_weight", flicker_weight), ("latent_noise", latent_noise)):
+        for name, value in (("flicker_weight", flicker_weight), ("latent_noise", latent_noise),
+                            ("l2_weight", l2_weight)):
             if not value >= 0.0:
                 raise DriveSimInputError(f"{name} must be >= 0", field=name, value=value)
         if train_crop is not None:
@@ -199,9 +204,13 @@ class AutoencoderModule(LightningModule):
         return self.autoencoder.encode(x)
 
     def _rec_loss(self, x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
-        """Per-frame sum of |x - x_hat| (+ w_p * LPIPS per pixel), averaged over frames (LDM)."""
+        """Per-frame sum of |x - x_hat| (+ w_2 (x - x_hat)^2) (+ w_p * LPIPS per pixel), averaged
+        over frames (LDM, with an optional squared term)."""
         frames = x.shape[0] * x.shape[1]
-        rec = (x - recon).abs().sum() / frames
+        diff = x - recon
+        rec = diff.abs().sum() / frames
+        if self.hparams.l2_weight:
+            rec = rec + self.hparams.l2_weight * diff.pow(2).sum() / frames
         if self._lpips:
             lpips = self._lpips[0].to(x.device)
             rec = rec + self.hparams.lpips_weight * lpips(x, recon).sum() * x[0, 0].numel() / frames
@@ -233,15 +242,19 @@ class AutoencoderModule(LightningModule):
         return loss, recon, logs
 
     def _noisy_latents(self, z: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """z + latent_noise * std(z) * eps: the decoder learns to render slightly-off latents
-        smoothly. Why: with kl_weight ~1e-6 the posterior std collapses (~1% of the latent std),
-        so the decoder only ever sees exact latents and turns a diffusion model's residual
-        latent noise into high-frequency texture; the relative scale (detached) keeps the
-        encoder from outgrowing the noise."""
+        """z + latent_noise * std_c(z) * eps, with std_c the batch std of each latent channel c:
+        the decoder learns to render slightly-off latents smoothly. Why: with kl_weight ~1e-6
+        the posterior std collapses (~1% of the latent std), so the decoder only ever sees exact
+        latents and turns a diffusion model's residual latent noise into high-frequency
+        texture; the relative scale (detached) keeps the encoder from outgrowing the noise.
+        Per channel, because the channels' scales differ by up to 4x in trained models: one
+        global std drowned the small channels (SNR ~1), which cost 2 dB with 4 latent channels
+        and more with 8 in paired 3-minute runs (docs/benchmarks.md)."""
         if self.hparams.latent_noise == 0.0:
             return z
         eps = torch.randn(z.shape, generator=generator, device=generator.device).to(z)
-        return z + self.hparams.latent_noise * z.detach().std() * eps
+        dims = [d for d in range(z.dim()) if d != 2]  # z is [B, T, C, h, w]
+        return z + self.hparams.latent_noise * z.detach().std(dim=dims, keepdim=True) * eps
 
     def _track_latent_variance(self, z: torch.Tensor) -> None:
         """Running (EMA) latent variance so that every Lightning checkpoint carries a usable scale

@@ -233,6 +233,12 @@ def test_latent_noise_perturbs_only_the_decoder_input_in_training(tmp_path):
     noisy = AutoencoderModule(stage="image", latent_noise=0.5, **SMALL)
     out = noisy._noisy_latents(z, torch.Generator().manual_seed(1))
     assert float((out - z).std() / z.std()) == pytest.approx(0.5, rel=0.1)  # relative to the latents' scale
+    # relative to each channel's own scale: a small channel is not drowned by a large one's std
+    scales = torch.tensor([0.1, 1.0, 10.0, 40.0]).view(1, 1, 4, 1, 1)
+    zc = torch.randn(8, 1, 4, 8, 8, generator=torch.Generator().manual_seed(2)) * scales
+    noise = noisy._noisy_latents(zc, torch.Generator().manual_seed(3)) - zc
+    ratio = noise.std(dim=(0, 1, 3, 4)) / zc.std(dim=(0, 1, 3, 4))
+    torch.testing.assert_close(ratio, torch.full((4,), 0.5), rtol=0.1, atol=0.0)
     assert torch.equal(out, noisy._noisy_latents(z, torch.Generator().manual_seed(1)))  # seeded
     with pytest.raises(DriveSimInputError, match="latent_noise"):
         AutoencoderModule(stage="image", latent_noise=-0.1, **SMALL)
@@ -242,3 +248,15 @@ def test_latent_noise_perturbs_only_the_decoder_input_in_training(tmp_path):
     with torch.no_grad():
         ref = noisy.autoencoder.decode(noisy.autoencoder.encode(x).mode()).clamp(-1, 1)
     assert torch.equal(recon, ref)
+
+
+def test_l2_weight_adds_the_squared_error():
+    x = next(iter(DataLoader(_Clips(2, 1), batch_size=2)))["video"]
+    recon = x + 0.1 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    plain = AutoencoderModule(stage="image", **SMALL)._rec_loss(x, recon)
+    both = AutoencoderModule(stage="image", l2_weight=2.0, **SMALL)._rec_loss(x, recon)
+    frames = x.shape[0] * x.shape[1]
+    assert float(plain) == pytest.approx(float((x - recon).abs().sum() / frames), rel=1e-5)
+    assert float(both - plain) == pytest.approx(float(2.0 * (x - recon).pow(2).sum() / frames), rel=1e-4)
+    with pytest.raises(DriveSimInputError, match="l2_weight"):
+        AutoencoderModule(stage="image", l2_weight=-1.0, **SMALL)
