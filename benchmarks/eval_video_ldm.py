@@ -3,8 +3,9 @@
 Real held-out windows (the ``val`` split of ``--data``, a ``drivesim data synth`` folder, at the
 model's fps / num_frames) are encoded with the AE; the video LDM predicts the rest of each
 window from its first S = 2 frames (``PredictionSampler``, the clip's own boxes and labels),
-twice from identical noise: as trained ("normal") and with alpha forced to 1 ("alpha1":
-temporal layers and context encoder off, ``UNet.image_only``). See docs/probes.md.
+three times from identical noise: as trained ("normal"), with alpha forced to 1 ("alpha1":
+temporal layers and context encoder off, ``UNet.image_only``) and as trained without the
+boxes ("no_boxes": the chance level of box following). See docs/probes.md.
 
     python benchmarks/eval_video_ldm.py --ldm runs/demo/video_ldm/model.safetensors \\
         --ae runs/demo/autoencoder_temporal/model.safetensors --data runs/demo/data \\
@@ -29,6 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from eval_image_ldm import latent_geometry
 
+from drivesim.data.labels import PAD_CLASS
 from drivesim.metrics.probes import (
     ImageOnlyNetwork,
     RealWindows,
@@ -85,17 +87,23 @@ def load_windows(dataset, indices: Sequence[int]) -> dict:
             ("video", "boxes", "box_classes", "box_ids", "daynight", "crowd")}
 
 
-def predict(samplers: dict, ae, batch: dict, num_context: int, seed: int) -> dict[str, np.ndarray]:
-    """``{variant: uint8 [B, T, H, W, 3]}``: each sampler from the same noise seed."""
+def predict(samplers: dict, ae, batch: dict, num_context: int, seed: int,
+            without_boxes: Sequence[str] = ()) -> dict[str, np.ndarray]:
+    """``{variant: uint8 [B, T, H, W, 3]}``: each sampler from the same noise seed; the variants
+    named in ``without_boxes`` get no boxes (all padding), the chance level of box following."""
     from drivesim.rollout.engine import SegmentCondition
 
     with torch.no_grad():
         latents = ae.encode_latents(batch["video"])  # [B, T, C, h, w]
     cond = SegmentCondition(batch["boxes"], batch["box_classes"], batch["box_ids"], batch["daynight"],
                             batch["crowd"], num_context=num_context, window=latents.shape[1])
+    empty = SegmentCondition(torch.zeros_like(batch["boxes"]), torch.full_like(batch["box_classes"], PAD_CLASS),
+                             torch.zeros_like(batch["box_ids"]), batch["daynight"], batch["crowd"],
+                             num_context=num_context, window=latents.shape[1])
     out = {}
     for name, sampler in samplers.items():
-        z = sampler(latents[:, :num_context], cond, torch.Generator().manual_seed(seed))
+        z = sampler(latents[:, :num_context], empty if name in without_boxes else cond,
+                    torch.Generator().manual_seed(seed))
         with torch.no_grad():
             out[name] = frames_uint8(ae.decode_latents(z))
     return out
@@ -133,26 +141,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     samplers = {"normal": PredictionSampler(model, args.steps, args.guidance_context, args.guidance_schedule, **kw),
                 "alpha1": PredictionSampler(replace(model, unet=ImageOnlyNetwork(model.unet)), args.steps,
                                             args.guidance_context, args.guidance_schedule, **kw)}
+    samplers["no_boxes"] = samplers["normal"]  # the trained model with the boxes dropped: chance level
     oracle = load_or_train_oracle(path=args.oracle)
 
     chosen = spread(args.clips, len(dataset))
-    parts: dict[str, list[np.ndarray]] = {"real": [], "boxes": [], "classes": [], "normal": [], "alpha1": []}
+    parts: dict[str, list[np.ndarray]] = {"real": [], "boxes": [], "classes": [], **{n: [] for n in samplers}}
     for k, start in enumerate(range(0, len(chosen), args.batch_size)):
         batch = load_windows(dataset, chosen[start:start + args.batch_size])
-        for name, value in predict(samplers, ae, batch, NUM_CONTEXT, args.seed + k).items():
+        for name, value in predict(samplers, ae, batch, NUM_CONTEXT, args.seed + k, ("no_boxes",)).items():
             parts[name].append(value)
         parts["real"].append(frames_uint8(batch["video"]))
         parts["boxes"].append(batch["boxes"].numpy())
         parts["classes"].append(batch["box_classes"].numpy())
     real = RealWindows(np.concatenate(parts["real"]), np.concatenate(parts["boxes"]),
                        np.concatenate(parts["classes"]), fps)
-    samples = {name: np.concatenate(parts[name]) for name in ("normal", "alpha1")}
+    samples = {name: np.concatenate(parts[name]) for name in samplers}
     ref_idx = spread(args.reference, len(dataset))
     if len(ref_idx) < 2:
         raise DriveSimInputError("the temporal calibration needs at least 2 real windows", path=args.data,
                                  field="split", value=args.split)
-    reference = [frames_uint8(dataset[i]["video"][None])[0] for i in ref_idx]
-    report = video_probe_report(oracle, real, samples, NUM_CONTEXT, reference)
+    reference, decoded = [], []
+    for i in ref_idx:
+        video = dataset[i]["video"][None]
+        reference.append(frames_uint8(video)[0])
+        with torch.no_grad():  # the same window through the AE: the sharpness a latent model can reach
+            decoded.append(frames_uint8(ae.decode_latents(ae.encode_latents(video)))[0])
+    report = video_probe_report(oracle, real, samples, NUM_CONTEXT, reference, decoded)
     report["settings"] = {"ldm": str(args.ldm), "ae": str(args.ae), "data": str(args.data), "split": args.split,
                           "steps": args.steps, "sampler": args.sampler, "guidance_context": args.guidance_context,
                           "guidance_schedule": args.guidance_schedule, "guidance_boxes": args.guidance_boxes,

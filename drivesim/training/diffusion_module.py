@@ -78,6 +78,10 @@ class LatentDiffusionModule(LightningModule):
             (DDPM, default) or ``logit_normal`` (SD3: sigmoid(mean + std * n) of the range).
         train_spatial_lr_scale: video stages: 0 freezes spatial + conditioning layers (only
             temporal / context parameters are optimised); > 0 trains them at lr * scale.
+        blend_lr_scale: video stages: the alpha-blend logits (``*.blend.mix``) train at
+            lr * scale, without weight decay (1 = like the other temporal parameters). One scalar
+            per frame and layer moves slowly at the temporal layers' lr, so the blend stays near
+            its initial value in a short run.
         latent_size: (h, w) of generated latents when no batch gives the size.
         val_sample_steps, num_val_samples, val_guidance, val_seed: validation sampling (DDIM).
         model_file, overwrite: where ``on_fit_end`` writes the UNet model file (kind ``ldm``;
@@ -92,7 +96,7 @@ class LatentDiffusionModule(LightningModule):
                  context_probs: Sequence[float] = (0.34, 0.33, 0.33),
                  loss_on_context_frames: bool = False, regime_fps_split: float = 15.0,
                  lr: float = 1e-4, weight_decay: float = 0.0, betas: Sequence[float] = (0.9, 0.999),
-                 warmup_steps: int = 1000, train_spatial_lr_scale: float = 0.0,
+                 warmup_steps: int = 1000, train_spatial_lr_scale: float = 0.0, blend_lr_scale: float = 1.0,
                  latent_size: Sequence[int] = (8, 16), val_sample_steps: int = 20,
                  num_val_samples: int = 4, val_guidance: float = 2.0, val_seed: int = 0,
                  seed: int = 0, model_file: str | None = None, overwrite: bool = False, compile: bool = False,
@@ -104,6 +108,8 @@ class LatentDiffusionModule(LightningModule):
         check_schedule(warmup_steps, lr_decay_fraction)
         if not box_loss_weight >= 0.0:
             raise ValueError(f"box_loss_weight: expected >= 0, got {box_loss_weight!r}")
+        if not blend_lr_scale > 0.0:
+            raise ValueError(f"blend_lr_scale: expected > 0, got {blend_lr_scale!r}")
         if snr_gamma is not None and not snr_gamma > 0.0:
             raise ValueError(f"snr_gamma: expected None or > 0, got {snr_gamma!r}")
         if timesteps not in TIMESTEP_SAMPLING:
@@ -405,6 +411,11 @@ class LatentDiffusionModule(LightningModule):
         groups = self.unet.parameter_groups()
         main = [p for g in TRAINED_GROUPS[hp.stage] for p in groups[g]]
         param_groups = [{"params": main, "lr": hp.lr}]
+        if hp.stage != "image" and hp.blend_lr_scale != 1.0:
+            blend = {id(p) for n, p in self.unet.named_parameters() if n.endswith(".blend.mix")}
+            param_groups = [{"params": [p for p in main if id(p) not in blend], "lr": hp.lr},
+                            {"params": [p for p in main if id(p) in blend], "lr": hp.lr * hp.blend_lr_scale,
+                             "weight_decay": 0.0}]
         if hp.stage != "image" and hp.train_spatial_lr_scale > 0:
             spatial = groups["spatial"] + groups["conditioning"]
             param_groups.append({"params": spatial, "lr": hp.lr * hp.train_spatial_lr_scale})

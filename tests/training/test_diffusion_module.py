@@ -219,6 +219,16 @@ def test_video_stage_freezes_spatial_layers_and_equals_image_model_at_init(tmp_p
     scaled = video_module(tmp_path, image_file, train_spatial_lr_scale=0.1)
     lrs = sorted(g["initial_lr"] for g in scaled.configure_optimizers()["optimizer"].param_groups)
     assert lrs == pytest.approx([1e-5, 1e-4])
+    # the alpha-blend logits can have their own learning rate (and no weight decay)
+    blended = video_module(tmp_path, image_file, blend_lr_scale=10.0)
+    groups = blended.configure_optimizers()["optimizer"].param_groups
+    assert sorted(g["initial_lr"] for g in groups) == pytest.approx([1e-4, 1e-3])
+    fast = next(g for g in groups if g["initial_lr"] == pytest.approx(1e-3))
+    mix = {id(p) for n, p in blended.unet.named_parameters() if n.endswith(".blend.mix")}
+    assert mix and {id(p) for p in fast["params"]} == mix and fast["weight_decay"] == 0.0
+    assert sum(len(g["params"]) for g in groups) == len(trainable)
+    with pytest.raises(ValueError, match="blend_lr_scale"):
+        video_module(tmp_path, image_file, blend_lr_scale=0.0)
 
 
 def test_wrong_checkpoint_kind_is_a_clear_error(tmp_path):
