@@ -47,7 +47,7 @@ train: install ## one stage: STAGE=autoencoder|temporal_decoder|image_ldm|video_
 	$(DS) train --stage $(STAGE) --size $(SIZE) --data $(DATA) --out $(RUNS)/$(STAGE)-$(SIZE) $(if $(AE),--ae $(AE)) $(if $(INIT),--init $(INIT))
 
 rollout: install ## 2-minute day and night rollouts with the demo models
-	$(DS) rollout --preset demo --runs $(RUNS) --seconds $(SECONDS) --steps $(STEPS) --crowd crowded --traffic-range 60 --workers 0 --overwrite --debug-video
+	$(DS) rollout --preset demo --runs $(RUNS) --seconds $(SECONDS) --steps $(STEPS) --crowd crowded --traffic-range 60 --guidance-boxes 2 --workers 0 --overwrite --debug-video
 
 eval: install ## score the demo rollouts against the held-out synthetic clips (oracle metrics)
 	$(DS) eval --real $(RUNS)/demo/data --real-split val --fake $(RUNS)/rollouts/demo --fps 2 --metrics oracle --out $(RUNS)/demo/eval/report.json --overwrite

@@ -46,6 +46,8 @@ def test_every_demo_stage_parses(tmp_path, capsys, monkeypatch):
                 assert args.overwrite, stage.name
     rollout = next(s for s in stages if s.name == "rollouts")
     assert "--debug-video" in rollout.argv  # the README promises the boxes-drawn video
+    i = rollout.argv.index("--guidance-boxes")  # box guidance: recall 0.15 -> 0.40 in the demo rollouts
+    assert float(rollout.argv[i + 1]) == 2.0
     # real clips are scored at the rollouts' frame rate (the video config's), not at 10 fps
     ev = next(s for s in stages if s.name == "eval")
     video_fps = yaml.safe_load(Path("configs/video_ldm/tiny.yaml").read_text())["data"]["init_args"]["fps"]
