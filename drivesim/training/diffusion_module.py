@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from einops import rearrange
 from lightning.pytorch import LightningModule
@@ -38,6 +37,7 @@ from drivesim.models.unet import UNet, parameter_group
 from drivesim.training.budget import budget_progress, check_schedule, lr_factor, make_adam
 from drivesim.training.checkpoints import attach_model_to_checkpoint, save_model_file
 from drivesim.training.rng import step_generator
+from drivesim.training.sample_grid import log_sample_grid
 from drivesim.utils.io import DriveSimInputError
 
 STAGES = ("image", "video", "interpolation")
@@ -408,24 +408,32 @@ class LatentDiffusionModule(LightningModule):
     # -- optimisation --------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        groups = self.unet.parameter_groups()
-        main = [p for g in TRAINED_GROUPS[hp.stage] for p in groups[g]]
-        param_groups = [{"params": main, "lr": hp.lr}]
-        if hp.stage != "image" and hp.blend_lr_scale != 1.0:
-            blend = {id(p) for n, p in self.unet.named_parameters() if n.endswith(".blend.mix")}
-            param_groups = [{"params": [p for p in main if id(p) not in blend], "lr": hp.lr},
-                            {"params": [p for p in main if id(p) in blend], "lr": hp.lr * hp.blend_lr_scale,
-                             "weight_decay": 0.0}]
-        if hp.stage != "image" and hp.train_spatial_lr_scale > 0:
-            spatial = groups["spatial"] + groups["conditioning"]
-            param_groups.append({"params": spatial, "lr": hp.lr * hp.train_spatial_lr_scale})
-        optimizer = make_adam([g for g in param_groups if g["params"]], hp.lr, tuple(hp.betas),
-                              hp.weight_decay, decoupled=True)
+        param_groups = optimizer_param_groups(self.unet, hp.stage, hp.lr, hp.train_spatial_lr_scale,
+                                              hp.blend_lr_scale)
+        optimizer = make_adam(param_groups, hp.lr, tuple(hp.betas), hp.weight_decay, decoupled=True)
         warmup, decay = max(int(hp.warmup_steps), 0), float(hp.lr_decay_fraction)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: lr_factor(step, budget_progress(self._trainer), warmup, decay))
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def optimizer_param_groups(unet: UNet, stage: str, lr: float, spatial_lr_scale: float = 0.0,
+                           blend_lr_scale: float = 1.0) -> list[dict[str, Any]]:
+    """AdamW parameter groups of a stage: its trained groups at ``lr``; in the video stages the
+    alpha-blend logits (``*.blend.mix``) at ``lr * blend_lr_scale`` without weight decay, and the
+    spatial + conditioning layers at ``lr * spatial_lr_scale`` when that is > 0. Empty groups dropped."""
+    video = stage != "image"
+    main, blend = [], []
+    for name, p in unet.named_parameters():
+        group = parameter_group(name)
+        if group in TRAINED_GROUPS[stage]:
+            (blend if video and blend_lr_scale != 1.0 and name.endswith(".blend.mix") else main).append(p)
+    groups = [{"params": main, "lr": lr}, {"params": blend, "lr": lr * blend_lr_scale, "weight_decay": 0.0}]
+    if video and spatial_lr_scale > 0:
+        spatial = [p for n, p in unet.named_parameters() if parameter_group(n) in ("spatial", "conditioning")]
+        groups.append({"params": spatial, "lr": lr * spatial_lr_scale})
+    return [g for g in groups if g["params"]]
 
 
 def _check_config(unet: UNet, stage: str, prediction: str, drops: dict[str, float]) -> None:
@@ -469,33 +477,3 @@ def _load_frozen_autoencoder(path: str | None) -> torch.nn.Module | None:
     for p in ae.parameters():
         p.requires_grad_(False)
     return ae.eval()
-
-
-def frames_to_uint8(frames: torch.Tensor) -> np.ndarray:
-    """[B, T, 3, H, W] in [-1, 1] -> uint8 [B, T, H, W, 3]."""
-    x = ((frames.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return rearrange(x, "b t c h w -> b t h w c").cpu().numpy()
-
-
-def sample_grid(frames: torch.Tensor, batch: dict[str, Any]) -> np.ndarray:
-    """Grid uint8 [B*H, T*W, 3]: one row per clip, one column per frame, boxes drawn on."""
-    from drivesim.data.boxes import draw_boxes
-
-    rgb = frames_to_uint8(frames)
-    if "boxes" in batch:
-        boxes = batch["boxes"].detach().cpu().numpy()
-        classes = batch["box_classes"].detach().cpu().numpy()
-        ids = batch["box_ids"].detach().cpu().numpy() if "box_ids" in batch else None
-        rgb = np.stack([np.stack([draw_boxes(rgb[b, t], boxes[b, t], classes[b, t],
-                                             None if ids is None else ids[b, t])
-                                  for t in range(rgb.shape[1])]) for b in range(rgb.shape[0])])
-    return rearrange(rgb, "b t h w c -> (b h) (t w) c")
-
-
-def log_sample_grid(logger: Any, tag: str, frames: torch.Tensor, batch: dict[str, Any],
-                    step: int) -> None:
-    """Log a sample grid (clips x frames, boxes drawn) to TensorBoard when that logger is used."""
-    experiment = getattr(logger, "experiment", None)
-    if experiment is None or not hasattr(experiment, "add_image"):
-        return
-    experiment.add_image(tag, sample_grid(frames, batch), step, dataformats="HWC")

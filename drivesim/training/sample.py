@@ -130,7 +130,8 @@ def _write_sample(out: Path, index: int, frames: np.ndarray, boxes: dict, draw: 
 
 
 def run(args: argparse.Namespace) -> int:
-    from drivesim.training.diffusion_module import LatentDiffusionModule, frames_to_uint8
+    from drivesim.training.diffusion_module import LatentDiffusionModule
+    from drivesim.training.sample_grid import frames_to_uint8
 
     out = Path(args.out)
     _check_out(out, args.overwrite)

@@ -10,7 +10,8 @@ from drivesim.models.autoencoder import MODEL_KIND, AutoencoderKL
 from drivesim.models.conditioning import Conditioning
 from drivesim.models.model_files import save_model_file
 from drivesim.models.unet import UNet, parameter_group
-from drivesim.training.diffusion_module import UNET_KIND, LatentDiffusionModule, sample_grid
+from drivesim.training.diffusion_module import UNET_KIND, LatentDiffusionModule
+from drivesim.training.sample_grid import sample_grid
 from drivesim.utils.io import DriveSimInputError
 
 B, C, H, W = 4, 4, 8, 16
