@@ -88,6 +88,9 @@ class DriveDataModule(LightningDataModule):
         lenient: skip bad clips (reported) instead of raising.
         train_split, val_split: manifest splits.
         stride: window stride in output frames for clip sources (default: ``frames``).
+        val_stride: window stride of the ``val_split`` only (default: ``stride``). Frame-level
+            validation of an autoencoder on every frame of every val clip costs more than training
+            between two validations; a stride of 10 scores one frame per second of video.
         frame_cache_mb: ``clips``: keep up to this many MiB of decoded clips in memory per
             dataset copy (0 = decode on every access); the CPU demo caches its whole dataset.
     """
@@ -98,7 +101,7 @@ class DriveDataModule(LightningDataModule):
                  val_samples: int = 64, seed: int = 0, night_fraction: float = 0.5, min_vehicles: int = 0,
                  max_vehicles: int = 12, weathers: tuple[str, ...] = ("clear",), lenient: bool = False,
                  train_split: str = "train", val_split: str = "val", stride: int | None = None,
-                 pin_memory: bool = False, frame_cache_mb: float = 0.0, traffic_range: float = DEFAULT_TRAFFIC_RANGE) -> None:
+                 val_stride: int | None = None, pin_memory: bool = False, frame_cache_mb: float = 0.0, traffic_range: float = DEFAULT_TRAFFIC_RANGE) -> None:
         super().__init__()
         if source not in ("synthetic", "clips", "latents"):
             raise ValueError(f"source must be synthetic|clips|latents, got {source!r}")
@@ -106,6 +109,9 @@ class DriveDataModule(LightningDataModule):
             raise ValueError(f"source={source!r} needs root=<dataset folder>")
         if source == "synthetic" and fps is None:
             raise ValueError("source='synthetic' needs a frame rate (fps)")
+        for name, value in (("stride", stride), ("val_stride", val_stride)):
+            if value is not None and not (isinstance(value, int) and value >= 1):
+                raise ValueError(f"{name} must be a positive number of frames, got {value!r}")
         self.save_hyperparameters()
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
@@ -129,13 +135,14 @@ class DriveDataModule(LightningDataModule):
 
     def _from_folder(self, split: str) -> Dataset:
         h = self.hparams
+        stride = h.val_stride if split == h.val_split and h.val_stride is not None else h.stride
         if h.source == "clips":
             return ClipDataset(h.root, split=split, frames=h.frames, fps=h.fps, height=h.height, width=h.width,
-                               max_boxes=h.max_boxes, stride=h.stride, lenient=h.lenient,
+                               max_boxes=h.max_boxes, stride=stride, lenient=h.lenient,
                                cache_mb=h.frame_cache_mb)
         latents = importlib.import_module("drivesim.data.latents")  # optional: latents source only
         return latents.LatentClipDataset(h.root, split=split, frames=h.frames, fps=h.fps, max_boxes=h.max_boxes,
-                                         seed=h.seed, stride=h.stride)
+                                         seed=h.seed, stride=stride)
 
     def setup(self, stage: str | None = None) -> None:
         h = self.hparams

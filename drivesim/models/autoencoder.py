@@ -59,8 +59,10 @@ class DiagonalGaussian:
         return self.mean
 
     def kl(self) -> torch.Tensor:
-        """KL(q || N(0, I)) = 0.5 * sum(mean^2 + var - 1 - logvar) over ``C, h, w``: ``[B, T]``."""
-        return 0.5 * (self.mean.pow(2) + self.logvar.exp() - 1.0 - self.logvar).sum(dim=(2, 3, 4))
+        """KL(q || N(0, I)) = 0.5 * sum(mean^2 + var - 1 - logvar) over ``C, h, w``: ``[B, T]``, in float32
+        (under bf16 autocast the moments are bf16, whose 8-bit mantissa would round the sum)."""
+        mean, logvar = self.mean.float(), self.logvar.float()
+        return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=(2, 3, 4))
 
 
 class Encoder(nn.Module):

@@ -44,6 +44,7 @@ from drivesim.training.rng import step_generator
 from drivesim.utils.io import DriveSimInputError
 
 STAGES = ("image", "temporal")
+NOISE_MODES = ("fixed", "uniform")
 _SHAPE_KEYS = ("base_channels", "ch_mult", "num_res_blocks", "latent_channels", "in_channels", "patch_size")
 
 
@@ -71,8 +72,8 @@ class AutoencoderModule(LightningModule):
     of ``max_steps`` or ``max_time``, whichever ends first). ``flicker_weight`` (temporal stage,
     beyond the paper) adds ``w * sum |(x_hat[t+1] - x_hat[t]) - (x[t+1] - x[t])|`` per frame pair, a
     direct penalty on the flicker metric next to the video discriminator. ``latent_noise``
-    (beyond the paper) decodes ``z + latent_noise * std_c(z) * eps`` in training (robust decoder;
-    std per latent channel). ``l2_weight`` adds ``w_2 * sum (x - x_hat)^2`` to the per-frame L1 sum:
+    (beyond the paper) decodes ``z + s * std_c(z) * eps`` in training (robust decoder; std per latent
+    channel; s = ``latent_noise``, or per sample U(0, ``latent_noise``) with ``latent_noise_mode: uniform``). ``l2_weight`` adds ``w_2 * sum (x - x_hat)^2`` to the per-frame L1 sum:
     PSNR is a squared error, and the squared term weighs the large errors (lamps, tail lights,
     lane edges) that L1 leaves blurred.
     """
@@ -87,7 +88,7 @@ class AutoencoderModule(LightningModule):
                  model_file: str | None = None, overwrite: bool = False, seed: int = 0,
                  train_crop: Sequence[int] | None = None, warmup_steps: int = 0,
                  lr_decay_fraction: float = 0.0, flicker_weight: float = 0.0, latent_noise: float = 0.0,
-                 l2_weight: float = 0.0) -> None:
+                 latent_noise_mode: str = "fixed", l2_weight: float = 0.0) -> None:
         super().__init__()
         if stage not in STAGES:
             raise DriveSimInputError(f"stage must be one of {STAGES}", field="stage", value=stage)
@@ -96,6 +97,9 @@ class AutoencoderModule(LightningModule):
                             ("l2_weight", l2_weight)):
             if not value >= 0.0:
                 raise DriveSimInputError(f"{name} must be >= 0", field=name, value=value)
+        if latent_noise_mode not in NOISE_MODES:
+            raise DriveSimInputError(f"latent_noise_mode must be one of {NOISE_MODES}", field="latent_noise_mode",
+                                     value=latent_noise_mode)
         if train_crop is not None:
             train_crop = [int(v) for v in train_crop]
             f = patch_size * 2 ** (len(ch_mult) - 1)
@@ -221,7 +225,7 @@ class AutoencoderModule(LightningModule):
         posterior = self._posterior(x)
         gen = self._rng(x.device)
         z = posterior.sample(gen)
-        recon = self.autoencoder.decode(self._noisy_latents(z, gen))
+        recon = self.autoencoder.decode(self._noisy_latents(z, gen)).float()  # float32 losses under bf16-mixed
         rec = self._rec_loss(x, recon)
         kl = posterior.kl().mean()
         loss = rec + hp.kl_weight * kl
@@ -242,20 +246,25 @@ class AutoencoderModule(LightningModule):
         return loss, recon, logs
 
     def _noisy_latents(self, z: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """z + latent_noise * std_c(z) * eps, with std_c the batch std of each latent channel c:
-        the decoder learns to render slightly-off latents smoothly. Why: with kl_weight ~1e-6
-        the posterior std collapses (~1% of the latent std), so the decoder only ever sees exact
-        latents and turns a diffusion model's residual latent noise into high-frequency
-        texture; the relative scale (detached) keeps the encoder from outgrowing the noise.
-        Per channel, because the channels' scales differ by up to 4x in trained models: one
-        global std drowned the small channels (SNR ~1), so 8 latent channels did worse than 4
-        (20.7 vs 21.9 dB in 3-minute runs); per channel, 8 gained 2 dB over 4 (25.5 vs 23.4 dB,
-        docs/benchmarks.md)."""
-        if self.hparams.latent_noise == 0.0:
+        """z + s * std_c(z) * eps, with std_c the batch std of each latent channel c (detached) and the
+        level s = ``latent_noise`` (mode ``fixed``) or, per sample, s ~ U(0, ``latent_noise``) (mode
+        ``uniform``): the decoder learns to render slightly-off latents smoothly. Why: with
+        kl_weight ~1e-6 the posterior std collapses (~1% of the latent std), so the decoder only ever
+        sees exact latents and turns a diffusion model's residual latent noise into high-frequency
+        texture. Per channel, because the channels' scales differ by up to 4x in trained models (one
+        global std drowned the small ones). ``uniform`` because a fixed level caps reconstruction: in
+        8-minute runs 0.4 fixed plateaued at 25.4 dB where no noise reached 29.4 dB; with the level
+        drawn per sample the decoder also learns the clean end (docs/autoencoder.md)."""
+        hp = self.hparams
+        if hp.latent_noise == 0.0:
             return z
         eps = torch.randn(z.shape, generator=generator, device=generator.device).to(z)
+        level = torch.full((z.shape[0],), hp.latent_noise, device=generator.device)
+        if hp.latent_noise_mode == "uniform":
+            level = hp.latent_noise * torch.rand(z.shape[0], generator=generator, device=generator.device)
+        level = level.to(z).view(-1, *([1] * (z.dim() - 1)))  # [B, 1, 1, 1, 1]
         dims = [d for d in range(z.dim()) if d != 2]  # z is [B, T, C, h, w]
-        return z + self.hparams.latent_noise * z.detach().std(dim=dims, keepdim=True) * eps
+        return z + level * z.detach().float().std(dim=dims, keepdim=True).to(z) * eps
 
     def _track_latent_variance(self, z: torch.Tensor) -> None:
         """Running (EMA) latent variance so that every Lightning checkpoint carries a usable scale
@@ -306,7 +315,8 @@ class AutoencoderModule(LightningModule):
 
     def _common_step(self, batch: dict, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
         x = batch["video"]
-        recon = self.autoencoder.decode(self.autoencoder.encode(x).mode()).clamp(-1.0, 1.0)
+        # float32 before the metrics: under bf16-mixed the decoder's output is bf16
+        recon = self.autoencoder.decode(self.autoencoder.encode(x).mode()).float().clamp(-1.0, 1.0)
         frames = rearrange((recon + 1) / 2, "b t c h w -> (b t) c h w")
         target = rearrange((x + 1) / 2, "b t c h w -> (b t) c h w")
         self.val_psnr.update(frames, target)

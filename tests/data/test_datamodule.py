@@ -82,6 +82,21 @@ def test_clips_datamodule_batches_and_splits(tmp_path):
     assert len(batch["clip_id"]) == 2 and dm.steps_per_epoch() == len(dm.train_set) // 2
 
 
+def test_val_stride_thins_only_the_val_split(tmp_path):
+    root = make_dataset(tmp_path)  # 20 frames at 10 fps per clip; 1-frame windows at 10 fps
+    kw = dict(source="clips", root=str(root), frames=1, fps=10.0, height=16, width=16, batch_size=2)
+    dense, thin = DriveDataModule(**kw), DriveDataModule(**kw, val_stride=5)
+    for dm in (dense, thin):
+        dm.setup("fit")
+        dm.val_dataloader()
+    assert len(dense.train_set) == len(thin.train_set) == 3 * 20
+    assert len(dense.val_set) == 2 * 20 and len(thin.val_set) == 2 * 4
+    # the thinned windows are every 5th frame of the dense ones
+    assert torch.equal(thin.val_set[1]["video"], dense.val_set[5]["video"])
+    with pytest.raises(ValueError, match="val_stride must be"):
+        DriveDataModule(**kw, val_stride=0)
+
+
 def test_clips_datamodule_ddp_coverage(tmp_path, monkeypatch):
     root = make_dataset(tmp_path, n_clips=5, frames=30)
     seen_val, seen_train = [], []

@@ -225,6 +225,18 @@ def test_flicker_weight_adds_the_frame_difference_penalty(tmp_path):
         AutoencoderModule(stage="image", flicker_weight=-1.0, **SMALL)
 
 
+def test_uniform_latent_noise_draws_one_level_per_sample():
+    module = AutoencoderModule(stage="image", latent_noise=0.4, latent_noise_mode="uniform", **SMALL)
+    z = torch.randn(64, 2, 4, 8, 8, generator=torch.Generator().manual_seed(0)) * 5.0
+    noise = module._noisy_latents(z, torch.Generator().manual_seed(1)) - z
+    level = noise.std(dim=(1, 2, 3, 4)) / z.std()  # per sample: its level s in units of the latent std
+    assert float(level.min()) < 0.05 and 0.35 < float(level.max()) < 0.42  # spans U(0, 0.4)
+    assert float(level.mean()) == pytest.approx(0.2, abs=0.04)
+    # one level per sample: both frames and all channels of a sample share it
+    per_frame = noise.std(dim=(2, 3, 4)) / z.std()
+    torch.testing.assert_close(per_frame[:, 0], per_frame[:, 1], rtol=0.15, atol=0.01)
+
+
 def test_latent_noise_perturbs_only_the_decoder_input_in_training(tmp_path):
     x = next(iter(DataLoader(_Clips(4, 1), batch_size=4)))["video"]
     z = torch.randn(4, 1, 4, 8, 8, generator=torch.Generator().manual_seed(0)) * 3.0
@@ -242,6 +254,8 @@ def test_latent_noise_perturbs_only_the_decoder_input_in_training(tmp_path):
     assert torch.equal(out, noisy._noisy_latents(z, torch.Generator().manual_seed(1)))  # seeded
     with pytest.raises(DriveSimInputError, match="latent_noise"):
         AutoencoderModule(stage="image", latent_noise=-0.1, **SMALL)
+    with pytest.raises(DriveSimInputError, match="latent_noise_mode"):
+        AutoencoderModule(stage="image", latent_noise=0.5, latent_noise_mode="gaussian", **SMALL)
     # validation reconstructs from the posterior mean, without the augmentation
     noisy.autoencoder.eval()
     x_val, recon = noisy._common_step({"video": x}, "val")
@@ -260,3 +274,24 @@ def test_l2_weight_adds_the_squared_error():
     assert float(both - plain) == pytest.approx(float(2.0 * (x - recon).pow(2).sum() / frames), rel=1e-4)
     with pytest.raises(DriveSimInputError, match="l2_weight"):
         AutoencoderModule(stage="image", l2_weight=-1.0, **SMALL)
+
+
+def test_bf16_mixed_fit_learns_and_keeps_losses_and_metrics_in_float32(tmp_path):
+    loader = DataLoader(_Clips(8, 1), batch_size=4, shuffle=False)
+    module = AutoencoderModule(stage="image", disc_start=10, latent_noise=0.1,
+                               model_file=str(tmp_path / "bf16.safetensors"), **SMALL)
+    before = _l1(module.autoencoder, loader)
+    _trainer(tmp_path, 40, precision="bf16-mixed").fit(module, train_dataloaders=loader, val_dataloaders=loader)
+    assert _l1(module.autoencoder, loader) < 0.8 * before  # it trains (GAN on from step 10)
+    assert all(p.dtype == torch.float32 for p in module.parameters())
+    x = loader.dataset[0]["video"][None]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        posterior = module.autoencoder.encode(x)
+        loss, recon, _ = module._generator_losses(x)
+    assert posterior.mean.dtype == torch.bfloat16  # autocast is really on
+    assert posterior.kl().dtype == loss.dtype == recon.dtype == torch.float32
+    # validation under bf16 scores what float32 scores (the metrics see float32 frames)
+    psnr = {prec: _trainer(tmp_path, 1, precision=prec).validate(module, loader, verbose=False)[0]["val/psnr"]
+            for prec in ("bf16-mixed", "32-true")}
+    assert psnr["bf16-mixed"] == pytest.approx(psnr["32-true"], abs=0.3)
+    assert load_autoencoder(tmp_path / "bf16.safetensors").scale_factor.dtype == torch.float32
