@@ -101,7 +101,8 @@ class DriveDataModule(LightningDataModule):
                  val_samples: int = 64, seed: int = 0, night_fraction: float = 0.5, min_vehicles: int = 0,
                  max_vehicles: int = 12, weathers: tuple[str, ...] = ("clear",), lenient: bool = False,
                  train_split: str = "train", val_split: str = "val", stride: int | None = None,
-                 val_stride: int | None = None, pin_memory: bool = False, frame_cache_mb: float = 0.0, traffic_range: float = DEFAULT_TRAFFIC_RANGE) -> None:
+                 val_stride: int | None = None, pin_memory: bool = False, frame_cache_mb: float = 0.0,
+                 traffic_range: float = DEFAULT_TRAFFIC_RANGE) -> None:
         super().__init__()
         if source not in ("synthetic", "clips", "latents"):
             raise ValueError(f"source must be synthetic|clips|latents, got {source!r}")
