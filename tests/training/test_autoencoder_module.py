@@ -159,12 +159,13 @@ def test_fit_on_the_synthetic_world_lowers_the_loss(tmp_path):
                          samples_per_epoch=32, val_samples=8, seed=0)
     dm.setup("fit")
     held_out = list(dm.val_dataloader())
+    torch.manual_seed(0)  # the initial weights: the test's outcome must not depend on the tests before it
     module = AutoencoderModule(stage="image", disc_start=1000, model_file=str(tmp_path / "ae.safetensors"), **SMALL)
     before = _l1(module.autoencoder.eval(), held_out)
     module.autoencoder.train()
-    _trainer(tmp_path, 24).fit(module, datamodule=dm)
+    _trainer(tmp_path, 48).fit(module, datamodule=dm)
     after = _l1(module.autoencoder.eval(), held_out)
-    assert after < 0.85 * before, (before, after)  # measured 0.90 -> 0.64 after 24 steps
+    assert after < 0.85 * before, (before, after)  # 48 steps: passes for init seeds 0-5 (24 steps failed ~1 in 10)
     assert load_autoencoder(tmp_path / "ae.safetensors").has_scale_factor()
 
 
