@@ -254,8 +254,8 @@ class AutoencoderModule(LightningModule):
         sees exact latents and turns a diffusion model's residual latent noise into high-frequency
         texture. Per channel, because the channels' scales differ by up to 4x in trained models (one
         global std drowned the small ones). The level costs reconstruction: in 8-minute runs a fixed 0.4
-        plateaued at 25.4 dB, uniform U(0, 0.4) reached 28.1, a fixed 0.1 (tiny configs) 29.1 and no
-        noise 29.4 dB (docs/autoencoder.md)."""
+        plateaued at 25.4 dB, uniform U(0, 0.4) reached 28.1, a fixed 0.1 29.1 and no
+        noise 29.4 dB; the tiny configs keep 0.4, whose latents the demo's LDMs learn (docs/autoencoder.md)."""
         hp = self.hparams
         if hp.latent_noise == 0.0:
             return z
