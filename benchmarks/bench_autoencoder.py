@@ -6,21 +6,24 @@ blocks and latent channels, measured in the same run. Each measurement runs in a
 child process (so peak memory is per model); the runs alternate ours/theirs ``--repeats``
 times and the best time is kept, which damps the noise of a shared machine.
 
-Peak memory: CUDA ``max_memory_allocated``; on CPU the child's peak RSS growth after the
-model and input exist (peak RSS, ``VmHWM``, minus the current RSS before the pass), i.e. activations + workspace of one encode+decode.
+Peak memory: CUDA ``max_memory_allocated``; on CPU the child's peak RSS growth during one
+encode+decode after a warm-up pass (``VmHWM`` reset, minus the RSS before the pass), i.e.
+activations + workspace, with glibc's mmap threshold fixed so that RSS follows live buffers.
 
     python benchmarks/bench_autoencoder.py --size 64x128 --base 32 --mult 1,2,2,4 --blocks 1
     python benchmarks/bench_autoencoder.py --temporal --frames 6
 
 ``--quality A.safetensors [B.safetensors ...]`` instead scores trained model files on held-out
 synthetic clips (a seed stream disjoint from training and validation): PSNR (mean over
-frames), SSIM and the flicker metric, for the issue's measured targets.
+frames), SSIM and the flicker metric, for the issue's measured targets; ``--latent-noise s``
+decodes perturbed latents (the posterior mean plus ``s * std_c`` independent noise per frame).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -86,19 +89,39 @@ def worker(impl: str, args: argparse.Namespace) -> dict:
 
 
 def memory_worker(impl: str, args: argparse.Namespace) -> float:
-    """CPU peak RSS growth (MiB) of the first encode+decode after the model and input exist."""
+    """CPU peak RSS growth (MiB) of one encode+decode after a warm-up pass: activations + workspace,
+    like CUDA's ``max_memory_allocated`` after its reset. The warm-up takes the one-time costs
+    (oneDNN kernel JIT, primitive caches, lazily loaded libraries) out of the figure; they made
+    a first-pass measurement swing by up to 18 MiB from run to run. The high-water mark is then
+    reset (``/proc/self/clear_refs``: 5); where the kernel refuses, the first pass is measured."""
     import torch
 
     torch.set_num_threads(args.threads)
     model = _build(impl, args).eval()
     h, w = (int(v) for v in args.size.split("x"))
     x = torch.rand(args.batch, args.frames, 3, h, w) * 2 - 1
-    # current RSS (not the high-water mark, which model construction may have raised) as the base
-    with open("/proc/self/statm") as fh:
-        base_kb = int(fh.read().split()[1]) * resource.getpagesize() // 1024
     with torch.no_grad():
+        if _reset_peak_rss():
+            _step(impl, model, x)                                        # warm-up
+            _reset_peak_rss()
+        base_kb = _current_rss_kb()  # not the high-water mark, which model construction may have raised
         _step(impl, model, x)
     return (_peak_rss_kb() - base_kb) / 1024
+
+
+def _reset_peak_rss() -> bool:
+    """Reset this process's VmHWM to its current RSS (Linux >= 4.0); False where unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _current_rss_kb() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * resource.getpagesize() // 1024
 
 
 def _peak_rss_kb() -> int:
@@ -133,22 +156,39 @@ def quality(paths: list[str], args: argparse.Namespace) -> None:
         ae = load_autoencoder(path)
         psnr, ssim, flick = [], [], []
         with torch.no_grad():
-            for video in clips:
+            latents = [ae.encode(video[None]).mode() for video in clips]      # each [1, T, C, h, w]
+            if args.latent_noise:
+                # per-frame independent latent error, s * std_c (std of each latent channel over all
+                # clips): a stand-in for a diffusion model's residual latent error, the flicker source
+                # the temporal decoder exists for. Same noise for every model file.
+                std = torch.cat(latents).transpose(0, 2).flatten(1).std(dim=1).view(1, 1, -1, 1, 1)
+                gen = torch.Generator().manual_seed(args.quality_seed)
+                latents = [z + args.latent_noise * std * torch.randn(z.shape, generator=gen) for z in latents]
+            for video, z in zip(clips, latents):
                 x = video[None]
-                recon = ae.decode(ae.encode(x).mode()).clamp(-1, 1)
+                recon = ae.decode(z).clamp(-1, 1)
                 a, b = (recon[0] + 1) / 2, (x[0] + 1) / 2                 # [T, 3, H, W] in [0, 1]
                 psnr.append(peak_signal_noise_ratio(a, b, data_range=1.0, reduction="none", dim=(1, 2, 3)).mean())
                 ssim.append(structural_similarity_index_measure(a, b, data_range=1.0))
                 if x.shape[1] > 1:
                     flick.append(flicker(recon * 0.5, x * 0.5))  # [0, 1] pixel units
         mean = lambda v: float(torch.stack(v).mean()) if v else float("nan")  # noqa: E731
+        noise = f", latent noise {args.latent_noise:g} x std_c" if args.latent_noise else ""
         print(f"{path}: PSNR {mean(psnr):.2f} dB  SSIM {mean(ssim):.4f}  flicker {mean(flick):.5f} "
-              f"({args.clips} held-out clips x {args.frames} frames, {args.size})")
+              f"({args.clips} held-out clips x {args.frames} frames, {args.size}{noise})")
+
+
+# glibc's malloc raises its mmap threshold after large frees and then keeps freed buffers in the
+# heap, so RSS follows the allocator's history: first-pass peaks of the same model swung by up to
+# 18 MiB between runs. A fixed threshold (every buffer >= 64 KiB is its own mapping, returned
+# when freed) makes the memory children's RSS track live allocations; 6 runs agree within 0.2 MiB.
+MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
 
 
 def _child(mode: str, impl: str, argv: list[str]) -> dict:
+    env = {**os.environ, **MEMORY_ENV} if mode == "memory" else None
     out = subprocess.run([sys.executable, __file__, *argv, f"--{mode}", impl], capture_output=True, text=True,
-                         check=True)
+                         check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -175,6 +215,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--traffic-range", type=float, default=60.0, help="--quality: world traffic range (tiny configs: 60)")
     p.add_argument("--min-vehicles", type=int, default=4, help="--quality: vehicles per drive, as the tiny configs")
     p.add_argument("--max-vehicles", type=int, default=12)
+    p.add_argument("--latent-noise", type=float, default=0.0,
+                   help="--quality: decode the posterior mean plus s * std_c * per-frame noise (0: the mean)")
     p.add_argument("--worker", choices=("ours", "diffusers"), default=None, help=argparse.SUPPRESS)
     p.add_argument("--memory", choices=("ours", "diffusers"), default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)

@@ -26,6 +26,7 @@ from drivesim.models.ae_blocks import (
     TemporalMix,
     Upsample,
     group_norm,
+    inference_layout,
     silu,
 )
 from drivesim.utils.io import DriveSimInputError
@@ -246,8 +247,8 @@ class AutoencoderKL(nn.Module):
         x = rearrange(x, "b t c h w -> (b t) c h w")
         if self._hparams["patch_size"] > 1:
             x = F.pixel_unshuffle(x, self._hparams["patch_size"])
-        moments = self.quant_conv(self.encoder(x))
-        moments = rearrange(moments, "(b t) c h w -> b t c h w", b=b)
+        moments = self.quant_conv(self.encoder(inference_layout(x)))
+        moments = rearrange(moments.contiguous(), "(b t) c h w -> b t c h w", b=b)
         mean, logvar = moments.chunk(2, dim=2)
         return DiagonalGaussian(mean, logvar)
 
@@ -255,11 +256,11 @@ class AutoencoderKL(nn.Module):
         """``z [B, T, C, h, w]`` (unscaled) -> frames ``[B, T, 3, h*f, w*f]``; ``image_only`` forces alpha = 1."""
         self._check_latents(z)
         b, t = z.shape[:2]
-        h = self.post_quant_conv(rearrange(z, "b t c h w -> (b t) c h w"))
+        h = self.post_quant_conv(inference_layout(rearrange(z, "b t c h w -> (b t) c h w")))
         out = self.decoder(h, num_frames=t, image_only=image_only)
         if self._hparams["patch_size"] > 1:
             out = F.pixel_shuffle(out, self._hparams["patch_size"])
-        return rearrange(out, "(b t) c h w -> b t c h w", b=b)
+        return rearrange(out.contiguous(), "(b t) c h w -> b t c h w", b=b)
 
     def forward(self, x: torch.Tensor, sample: bool = True, generator: torch.Generator | None = None,
                 image_only: bool = False) -> tuple[torch.Tensor, DiagonalGaussian]:

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from drivesim.models.ae_blocks import conv3d_frames
+from drivesim.models.ae_blocks import conv3d_frames, inference_layout
 from drivesim.models.autoencoder import (
     AutoencoderKL,
     DiagonalGaussian,
@@ -115,6 +115,27 @@ def test_fresh_temporal_decoder_equals_image_decoder(generator, spatial_kernel):
         _randomise_temporal(video, generator)
         assert (video.decode(z) - ref).abs().max() > 1e-3  # the temporal layers do act once trained
         assert torch.equal(video.decode(z, image_only=True), ref)  # alpha = 1 is the image decoder
+
+
+@pytest.mark.parametrize("temporal", [False, True])
+def test_cpu_inference_layout_keeps_values_and_returns_contiguous_tensors(temporal, generator):
+    x = torch.rand(2, 4, 8, 8, generator=generator)
+    assert inference_layout(x) is x  # a graph is being recorded: training keeps NCHW
+    with torch.no_grad():
+        y = inference_layout(x)
+    assert y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous() and torch.equal(y, x)
+    ae = AutoencoderKL(**TINY, temporal_decoder=temporal).eval()
+    if temporal:
+        _randomise_temporal(ae, generator)
+    video = torch.rand(2, 3, 3, 16, 16, generator=generator) * 2 - 1
+    ref_mean = ae.encode(video).mean                                        # NCHW (grad enabled)
+    ref = ae.decode(ref_mean)
+    with torch.no_grad():                                                    # channels-last inside
+        mean = ae.encode(video).mean
+        recon = ae.decode(mean)
+    assert recon.is_contiguous()
+    torch.testing.assert_close(mean, ref_mean.detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(recon, ref.detach(), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("kernel", [(3, 3, 3), (3, 1, 1), (5, 3, 3)])

@@ -259,8 +259,8 @@ def test_latent_noise_perturbs_only_the_decoder_input_in_training(tmp_path):
         AutoencoderModule(stage="image", latent_noise=0.5, latent_noise_mode="gaussian", **SMALL)
     # validation reconstructs from the posterior mean, without the augmentation
     noisy.autoencoder.eval()
-    x_val, recon = noisy._common_step({"video": x}, "val")
-    with torch.no_grad():
+    with torch.no_grad():  # as Lightning runs validation (and the CPU inference layout with it)
+        x_val, recon = noisy._common_step({"video": x}, "val")
         ref = noisy.autoencoder.decode(noisy.autoencoder.encode(x).mode()).clamp(-1, 1)
     assert torch.equal(recon, ref)
 
