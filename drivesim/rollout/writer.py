@@ -35,6 +35,10 @@ WORK_DIR = ".rollout"
 VIDEO_NAME = "frames.mp4"
 DEBUG_NAME = "debug.mp4"
 CRF = "18"
+# one key frame per chunk (a chunk is a segment, far shorter) and a GOP size that does not depend on
+# the chunk length: x264 derives SPS fields from it (a 1-frame chunk got an intra-only SPS), and the
+# concatenated file carries chunk 0's SPS for every chunk
+GOP_SIZE = 1024
 
 
 def fps_fraction(fps: float) -> Fraction:
@@ -53,7 +57,7 @@ def encode_chunk(path: Path, frames: np.ndarray, fps: float) -> None:
             # determinism: one thread, no B-frames (dts == pts, chunks concatenate cleanly)
             stream.codec_context.thread_count = 1
             stream.codec_context.max_b_frames = 0
-            stream.codec_context.gop_size = max(1, len(frames))
+            stream.codec_context.gop_size = GOP_SIZE
             stream.options = {"crf": CRF, "preset": "veryfast"}
             for frame in frames:
                 for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
@@ -78,6 +82,10 @@ def concat_chunks(chunks: list[Path], out_path: Path, *, overwrite: bool) -> int
                     if stream.time_base != template.time_base:
                         raise ValueError(f"{path}: time base {stream.time_base} differs from "
                                          f"{template.time_base}")
+                    if stream.codec_context.extradata != template.codec_context.extradata:
+                        # the output carries the first chunk's SPS/PPS; other parameter sets would
+                        # leave this chunk's frames undecodable
+                        raise ValueError(f"{path}: H.264 parameter sets (SPS/PPS) differ from {chunks[0]}")
                     step = int(round(1 / (stream.average_rate * stream.time_base)))
                     n = 0
                     for packet in inp.demux(stream):
