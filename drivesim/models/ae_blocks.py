@@ -31,9 +31,10 @@ def inference_layout(x: torch.Tensor) -> torch.Tensor:
 
     Why: oneDNN's CPU convolutions work in an NHWC-like order; an NCHW input is first copied
     into it, one input-sized buffer per conv. Channels-last skips that copy: an encode+decode of
-    4 frames at 64x128 (widths 32x(1,2,2,4)) peaks at 20 instead of 28 MiB and runs ~1.2x faster
-    (docs/benchmarks.md). Training keeps NCHW, where channels-last measured 2x slower (GroupNorm
-    backward). Values are the same up to float rounding.
+    4 frames at 64x128 (widths 32x(1,2,2,4)) peaks at 20 instead of 28 MiB and runs ~1.2x faster than
+    the same model in NCHW (docs/benchmarks.md). Training keeps NCHW, where channels-last measured 2x
+    slower (GroupNorm backward); only a frozen encoder run under ``no_grad`` (the temporal stage) takes
+    this path while training. Values are the same up to float rounding.
     """
     if x.device.type == "cpu" and not torch.is_grad_enabled():
         return x.contiguous(memory_format=torch.channels_last)

@@ -22,7 +22,10 @@ import torch
 
 from drivesim.utils.io import DriveSimInputError, atomic_path
 
-STATE_VERSION = 1
+# 2: the chunk writer's x264 GOP size became a constant (session 7). A version-1 folder's chunks carry
+# other encoder settings (and a 1-frame chunk 0 an intra-only SPS), so resuming one would not give the
+# bytes of a fresh run; it is refused, and --overwrite starts over.
+STATE_VERSION = 2
 
 
 def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -84,7 +87,8 @@ def load_state(path: str | Path, expected_fingerprint: str) -> RolloutState:
     except Exception as err:  # a truncated or foreign file: say which file
         raise DriveSimInputError(f"unreadable resume state: {err}", path=path) from err
     if not isinstance(doc, dict) or doc.get("version") != STATE_VERSION:
-        raise DriveSimInputError(f"unsupported resume state (expected version {STATE_VERSION})",
+        raise DriveSimInputError(f"unsupported resume state (expected version {STATE_VERSION}; written by "
+                                 "another drivesim version): start over with --overwrite",
                                  path=path, field="version",
                                  value=doc.get("version") if isinstance(doc, dict) else doc)
     if doc["fingerprint"] != expected_fingerprint:

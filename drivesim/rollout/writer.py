@@ -1,8 +1,8 @@
 """Streaming, resumable video output for rollouts.
 
 An mp4 cannot be appended to after a SIGKILL, so frames are encoded as they are produced
-into one H.264 *chunk* file per segment (each chunk is its own closed GOP starting with a
-key frame), written atomically under ``<out>/.rollout/``. At the end the chunks' packets
+into one H.264 *chunk* file per segment (each chunk starts with a key frame and refers to
+nothing before it), written atomically under ``<out>/.rollout/``. At the end the chunks' packets
 are concatenated into ``frames.mp4`` without re-encoding (a remux: constant memory, fast).
 Encoder settings are fixed (libx264, one thread, no B-frames, fixed CRF), so the same
 frames give the same bytes, and a resumed run that re-encodes the missing chunks produces

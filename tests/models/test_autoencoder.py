@@ -128,11 +128,18 @@ def test_cpu_inference_layout_keeps_values_and_returns_contiguous_tensors(tempor
     if temporal:
         _randomise_temporal(ae, generator)
     video = torch.rand(2, 3, 3, 16, 16, generator=generator) * 2 - 1
+    seen = []                                                                # the networks' input layouts
+    for net in (ae.encoder, ae.decoder):
+        net.register_forward_pre_hook(
+            lambda m, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)
+                                        and not args[0].is_contiguous()))
     ref_mean = ae.encode(video).mean                                        # NCHW (grad enabled)
     ref = ae.decode(ref_mean)
+    assert seen == [False, False]
     with torch.no_grad():                                                    # channels-last inside
         mean = ae.encode(video).mean
         recon = ae.decode(mean)
+    assert seen == [False, False, True, True]
     assert recon.is_contiguous()
     torch.testing.assert_close(mean, ref_mean.detach(), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(recon, ref.detach(), atol=1e-5, rtol=1e-5)

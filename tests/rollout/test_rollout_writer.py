@@ -48,3 +48,21 @@ def test_concat_refuses_chunks_with_other_parameter_sets(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="parameter sets"):
         W.concat_chunks([a, b], tmp_path / "out.mp4", overwrite=False)
     assert not (tmp_path / "out.mp4").exists()
+
+
+def test_resume_state_of_another_writer_version_is_refused(tmp_path):
+    import torch
+
+    from drivesim.rollout import state as S
+    from drivesim.utils.io import DriveSimInputError
+
+    st = S.RolloutState(fingerprint="f" * 64, segments_done=1, keys_done=6, frames_written=6, chunks_written=1,
+                        context=torch.zeros(1, 2, 4, 2, 2), decode_tail=torch.zeros(1, 0, 4, 2, 2),
+                        generator_state=torch.Generator().get_state())
+    path = tmp_path / "state.pt"
+    S.save_state(path, st)
+    assert S.load_state(path, "f" * 64).chunks_written == 1
+    old = st.to_dict() | {"version": S.STATE_VERSION - 1}  # written before the constant GOP size
+    torch.save(old, path)
+    with pytest.raises(DriveSimInputError, match="--overwrite"):
+        S.load_state(path, "f" * 64)
