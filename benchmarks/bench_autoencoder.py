@@ -24,10 +24,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
+
+from bench_memory import MEMORY_ENV, peak_rss_mib, reset_peak_rss, rss_mib
 
 
 def _build(impl: str, args: argparse.Namespace):
@@ -101,37 +102,12 @@ def memory_worker(impl: str, args: argparse.Namespace) -> float:
     h, w = (int(v) for v in args.size.split("x"))
     x = torch.rand(args.batch, args.frames, 3, h, w) * 2 - 1
     with torch.no_grad():
-        if _reset_peak_rss():
+        if reset_peak_rss():
             _step(impl, model, x)                                        # warm-up
-            _reset_peak_rss()
-        base_kb = _current_rss_kb()  # not the high-water mark, which model construction may have raised
+            reset_peak_rss()
+        base = rss_mib()  # not the high-water mark, which model construction may have raised
         _step(impl, model, x)
-    return (_peak_rss_kb() - base_kb) / 1024
-
-
-def _reset_peak_rss() -> bool:
-    """Reset this process's VmHWM to its current RSS (Linux >= 4.0); False where unsupported."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _current_rss_kb() -> int:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * resource.getpagesize() // 1024
-
-
-def _peak_rss_kb() -> int:
-    """This process's own peak RSS: VmHWM of its address space. Not ``ru_maxrss``, which on
-    Linux also carries the parent's RSS at fork/exec (the exec'd process inherits it)."""
-    try:
-        with open("/proc/self/status") as fh:
-            return int(next(line for line in fh if line.startswith("VmHWM:")).split()[1])
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak_rss_mib() - base
 
 
 def quality(paths: list[str], args: argparse.Namespace) -> None:
@@ -178,15 +154,8 @@ def quality(paths: list[str], args: argparse.Namespace) -> None:
               f"({args.clips} held-out clips x {args.frames} frames, {args.size}{noise})")
 
 
-# glibc's malloc raises its mmap threshold after large frees and then keeps freed buffers in the
-# heap, so RSS follows the allocator's history: first-pass peaks of the same model swung by up to
-# 18 MiB between runs. A fixed threshold (every buffer >= 64 KiB is its own mapping, returned
-# when freed) makes the memory children's RSS track live allocations; 6 runs agree within 0.2 MiB.
-MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
-
-
 def _child(mode: str, impl: str, argv: list[str]) -> dict:
-    env = {**os.environ, **MEMORY_ENV} if mode == "memory" else None
+    env = {**os.environ, **MEMORY_ENV} if mode == "memory" else None  # see benchmarks/bench_memory.py
     out = subprocess.run([sys.executable, __file__, *argv, f"--{mode}", impl], capture_output=True, text=True,
                          check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -17,7 +17,6 @@ import argparse
 import gc
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from bench_memory import MEMORY_ENV, peak_rss_mib, reset_peak_rss, rss_mib
 
 CONFIGS: dict[str, dict] = {
     # tiny: the CPU demo (64x128 frames -> 8x16x4 latents)
@@ -99,23 +99,6 @@ def build_diffusers(cfg: dict, device: torch.device, channels_last: bool
 BUILDERS = {"ours": build_ours, "diffusers": build_diffusers}
 
 
-def _rss_mib() -> float:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * resource.getpagesize() / 2**20
-
-
-def _reset_peak_rss() -> None:
-    """Reset the kernel's RSS high-water mark (Linux >= 4.0: write 5 to clear_refs)."""
-    with open("/proc/self/clear_refs", "w") as fh:
-        fh.write("5")
-
-
-def _peak_rss_mib() -> float:
-    with open("/proc/self/status") as fh:
-        line = next(x for x in fh if x.startswith("VmHWM:"))
-    return int(line.split()[1]) / 1024
-
-
 def saved_activation_mib(model: torch.nn.Module, step: Step) -> float:
     """Bytes the autograd graph keeps for backward, parameters excluded and storages
     counted once: a device-independent measure of the step's activation memory."""
@@ -155,8 +138,8 @@ def measure(model: torch.nn.Module, step: Step, device: torch.device, iters: int
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
-        _reset_peak_rss()
-        base = _rss_mib()
+        reset_peak_rss()
+        base = rss_mib()
     times = []
     for _ in range(iters):
         if device.type == "cuda":
@@ -168,8 +151,8 @@ def measure(model: torch.nn.Module, step: Step, device: torch.device, iters: int
         times.append(time.perf_counter() - start)
     if device.type == "cuda":
         peak = (torch.cuda.max_memory_allocated() - base) / 2**20
-    else:  # RSS high-water mark since the reset (see MALLOC_MMAP_THRESHOLD_ in run_impl)
-        peak = _peak_rss_mib() - base
+    else:  # RSS high-water mark since the reset (children run with bench_memory.MEMORY_ENV, see run_impl)
+        peak = peak_rss_mib() - base
     with FlopCounterMode(display=False) as counter:
         one()
     return {"seconds": min(times), "median": statistics.median(times), "peak_mib": peak,
@@ -241,11 +224,7 @@ def run_impl(script: Path, impl: str, config: str, args: argparse.Namespace,
            "--device", args.device, "--threads", str(args.threads), "--iters", str(iters)]
     if args.channels_last:
         cmd.append("--channels-last")
-    env = dict(os.environ)
-    if memory:  # a fixed mmap threshold makes glibc return every large block to the OS when
-        # freed, so the RSS high-water mark tracks the live tensors (CPU); it slows the
-        # step by page faults, so timings come from runs without it
-        env["MALLOC_MMAP_THRESHOLD_"] = "65536"
+    env = {**os.environ, **MEMORY_ENV} if memory else dict(os.environ)  # see benchmarks/bench_memory.py
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])
 
