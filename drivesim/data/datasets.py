@@ -324,8 +324,7 @@ class SyntheticDataset(IterableDataset):
 
         sc = self.scenario(index, epoch)
         world = DrivingWorld(world_config(sc, height=self.height, width=self.width, fps=self.fps))
-        for _ in range(sc["warmup"]):  # start somewhere along the drive, not always at t = 0
-            world.step(render=False)
+        world.skip(sc["warmup"])  # start somewhere along the drive, not always at t = 0
         frames = [world.step() for _ in range(self.frames)]
         padded = [pad_boxes(f.boxes, f.classes, f.track_ids, self.max_boxes, warn=False) for f in frames]
         mean = mean_visible_vehicles([f.classes for f in frames], [f.visibility for f in frames])

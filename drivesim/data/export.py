@@ -82,8 +82,7 @@ def export_clip(clip_dir: Path, scenario: dict, *, frames: int, fps: float, size
               "traffic_range": scenario["traffic_range"], "source": "synthetic"}
     with ClipWriter(clip_dir, fps=fps, height=h, width=w, labels=labels, frames_format=frames_format,
                     overwrite=overwrite) as writer:  # crowd: computed from the visible vehicles
-        for _ in range(scenario["warmup"]):
-            world.step(render=False)
+        world.skip(scenario["warmup"])
         for _ in range(frames):
             f = world.step()
             writer.add_frame(f.rgb, boxes=f.boxes, classes=f.classes, track_ids=f.track_ids,

@@ -162,8 +162,7 @@ def world_scenarios(base_seed: int, count: int, height: int, width: int, fps: fl
         frames = {}
         for night in (False, True):
             world = DrivingWorld(world_config(sc, height=height, width=width, fps=fps, night=night))
-            for _ in range(sc["warmup"]):
-                world.step(render=False)
+            world.skip(sc["warmup"])
             frames[night] = world.step()
         day = frames[False]
         padded = pad_boxes(day.boxes, day.classes, day.track_ids, max_boxes, warn=False)

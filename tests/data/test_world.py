@@ -96,6 +96,23 @@ def test_render_false_gives_the_same_labels():
 
 
 # ---------------------------------------------------------------- camera and projection
+@pytest.mark.parametrize("fps", [10.0, 7.0])  # 7 fps: most frames fall between simulation ticks
+def test_skip_leaves_the_world_where_stepping_does(fps):
+    cfg = WorldConfig(seed=11, fps=fps, num_vehicles=10, **SMALL)
+    for n in (0, 1, 13, 30):
+        stepped, skipped = DrivingWorld(cfg), DrivingWorld(cfg)
+        for _ in range(n):
+            stepped.step(render=False)
+        skipped.skip(n)
+        assert skipped.index == stepped.index == n
+        for _ in range(3):  # the frames after the warm-up: pixels, labels, pose and time
+            a, b = stepped.step(), skipped.step()
+            _same(a, b)
+            assert (a.time, a.index) == (b.time, b.index)
+    with pytest.raises(DriveSimInputError, match="frames.*-1"):
+        DrivingWorld(cfg).skip(-1)
+
+
 def test_projection_of_a_known_point_pitch_zero():
     K = intrinsics(128, 256, 90.0)
     f = 128.0  # (W / 2) / tan(45 deg)

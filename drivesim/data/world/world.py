@@ -80,11 +80,28 @@ class DrivingWorld:
                           labels.boxes3d, scene.world_from_ego.copy(), self.K.copy(),
                           self.cam_from_ego.copy(), k / cfg.fps, k)
 
-    def scene_at(self, k: int) -> Scene:
-        """Geometry of frame ``k`` (k must not go back further than the current tick)."""
+    def skip(self, frames: int) -> None:
+        """Advance ``frames`` frames without building their scenes or labels: the world ends where
+        ``frames`` calls of ``step(render=False)`` leave it (tested), at a fraction of the cost
+        (warm-ups of the synthetic datasets: camera geometry and labelling were ~55% of a frame's
+        data time)."""
+        if frames < 0:
+            raise DriveSimInputError("cannot skip a negative number of frames", path="DrivingWorld",
+                                     field="frames", value=frames)
+        for k in range(self.index, self.index + frames):
+            a, alpha = self._tick_of(k)
+            self._advance_to(a + 1 if alpha > 0 else a)
+        self.index += frames
+
+    def _tick_of(self, k: int) -> tuple[int, float]:
+        """Simulation tick at or before frame ``k`` and the fraction of the way to the next one."""
         pos = k * self.cfg.sim_hz / self.cfg.fps
         a = int(math.floor(pos + 1e-9))
-        alpha = pos - a if pos - a > 1e-9 else 0.0
+        return a, (pos - a if pos - a > 1e-9 else 0.0)
+
+    def scene_at(self, k: int) -> Scene:
+        """Geometry of frame ``k`` (k must not go back further than the current tick)."""
+        a, alpha = self._tick_of(k)
         self._advance_to(a + 1 if alpha > 0 else a)
         snap = self._snaps[a] if alpha == 0 else _interpolate(self._snaps[a], self._snaps[a + 1], alpha)
         return build_scene(snap, self.traffic.attrs, self.road, self.scenery, self.K,
