@@ -56,6 +56,22 @@ def flicker(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return ((recon[:, 1:] - recon[:, :-1]) - (target[:, 1:] - target[:, :-1])).abs().mean()
 
 
+def flicker_split(recon: torch.Tensor, target: torch.Tensor, threshold: float = 0.03) -> tuple[torch.Tensor, ...]:
+    """The flicker metric on pixels whose true change ``max_c |x[t+1] - x[t]|`` is at most ``threshold``
+    ("static": content that barely changes, so any error change there is the decoder's own flicker)
+    and on the others ("moving"), plus the moving fraction of pixels; ``[B, T, 3, H, W]`` in [0, 1].
+    A mean over an empty set is NaN."""
+    if recon.shape != target.shape or recon.ndim != 5 or recon.shape[1] < 2:
+        raise ValueError(f"flicker_split needs two equal [B, T >= 2, C, H, W] tensors, got {tuple(recon.shape)} "
+                         f"and {tuple(target.shape)}")
+    err = ((recon[:, 1:] - recon[:, :-1]) - (target[:, 1:] - target[:, :-1])).abs()
+    moving = ((target[:, 1:] - target[:, :-1]).abs().amax(dim=2, keepdim=True) > threshold).expand_as(err)
+    nan = torch.tensor(float("nan"))
+    static_err, moving_err = err[~moving], err[moving]
+    return (static_err.mean() if static_err.numel() else nan, moving_err.mean() if moving_err.numel() else nan,
+            moving.float().mean())
+
+
 def adaptive_weight(rec_loss: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.Tensor) -> torch.Tensor:
     """LDM adaptive GAN weight ||grad rec|| / (||grad gan|| + 1e-4) at ``last_layer``, clamped to [0, 1e4]."""
     rec_grad = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0]

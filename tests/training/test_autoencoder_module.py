@@ -8,7 +8,12 @@ from torch.utils.data import DataLoader, Dataset
 from drivesim.models.autoencoder import AutoencoderKL, load_autoencoder
 from drivesim.models.model_files import save_model_file
 from drivesim.training import checkpoints
-from drivesim.training.autoencoder_module import AutoencoderModule, adaptive_weight, flicker
+from drivesim.training.autoencoder_module import (
+    AutoencoderModule,
+    adaptive_weight,
+    flicker,
+    flicker_split,
+)
 from drivesim.utils.io import DriveSimInputError
 
 SMALL = dict(base_channels=8, ch_mult=(1, 2), num_res_blocks=1, latent_channels=4, disc_channels=8,
@@ -150,6 +155,21 @@ def test_flicker_metric(generator):
     noisy = x.clone()
     noisy[:, 1] += 0.1  # one frame off by 0.1: differences 1->0 and 1->2 both off by 0.1
     assert float(flicker(noisy, x)) == pytest.approx(0.1 * 2 / 3, rel=1e-4)
+
+
+def test_flicker_split_separates_static_from_moving_pixels():
+    x = torch.full((1, 3, 3, 4, 4), 0.5)
+    x[:, 1:, :, :, 2:] = 0.9           # right half changes by 0.4 between frames 0 and 1, then stays
+    recon = x.clone()
+    recon[:, 1, :, :, :2] += 0.1        # frame 1 off by 0.1 on the static left half: the decoder's flicker
+    static, moving, frac = flicker_split(recon, x, threshold=0.03)
+    # pairs (0,1) and (1,2): moving = the right half of pair (0,1) only, 1/4 of the pixels
+    assert float(frac) == pytest.approx(0.25)
+    assert float(moving) == pytest.approx(0.0, abs=1e-6)
+    assert float(static) == pytest.approx(0.1 * 2 / 3, rel=1e-4)   # 16 of 24 static pixel-pairs are off by 0.1
+    assert torch.isnan(flicker_split(x, x, threshold=1.0)[1])     # nothing moves: NaN, not 0
+    with pytest.raises(ValueError, match="flicker_split"):
+        flicker_split(x[:, :1], x[:, :1])
 
 
 def test_fit_on_the_synthetic_world_lowers_the_loss(tmp_path):
