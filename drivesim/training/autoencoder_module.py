@@ -53,7 +53,12 @@ def flicker(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     in the units of the inputs; it is zero when the errors are constant in time."""
     if recon.shape[1] < 2:
         raise ValueError(f"flicker needs T >= 2 frames, got shape {tuple(recon.shape)}")
-    return ((recon[:, 1:] - recon[:, :-1]) - (target[:, 1:] - target[:, :-1])).abs().mean()
+    return _frame_change_error(recon, target).mean()
+
+
+def _frame_change_error(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """|(x_hat[t+1] - x_hat[t]) - (x[t+1] - x[t])| per pixel, ``[B, T - 1, C, H, W]``."""
+    return ((recon[:, 1:] - recon[:, :-1]) - (target[:, 1:] - target[:, :-1])).abs()
 
 
 def flicker_split(recon: torch.Tensor, target: torch.Tensor, threshold: float = 0.03) -> tuple[torch.Tensor, ...]:
@@ -64,7 +69,7 @@ def flicker_split(recon: torch.Tensor, target: torch.Tensor, threshold: float = 
     if recon.shape != target.shape or recon.ndim != 5 or recon.shape[1] < 2:
         raise ValueError(f"flicker_split needs two equal [B, T >= 2, C, H, W] tensors, got {tuple(recon.shape)} "
                          f"and {tuple(target.shape)}")
-    err = ((recon[:, 1:] - recon[:, :-1]) - (target[:, 1:] - target[:, :-1])).abs()
+    err = _frame_change_error(recon, target)
     moving = ((target[:, 1:] - target[:, :-1]).abs().amax(dim=2, keepdim=True) > threshold).expand_as(err)
     nan = torch.tensor(float("nan"))
     static_err, moving_err = err[~moving], err[moving]
@@ -250,7 +255,7 @@ class AutoencoderModule(LightningModule):
         if hp.flicker_weight > 0 and x.shape[1] > 1:
             # sum over pixels of |(x_hat[t+1] - x_hat[t]) - (x[t+1] - x[t])| per frame pair: the
             # flicker metric in the units of the per-frame L1 sum
-            diff = ((recon[:, 1:] - recon[:, :-1]) - (x[:, 1:] - x[:, :-1])).abs()
+            diff = _frame_change_error(recon, x)
             temporal = diff.sum() / (diff.shape[0] * diff.shape[1])
             loss = loss + hp.flicker_weight * temporal
             logs["flicker_loss"] = temporal.detach()

@@ -95,7 +95,6 @@ def test_render_false_gives_the_same_labels():
     assert sum(len(f.boxes) for f in bare) > 0
 
 
-# ---------------------------------------------------------------- camera and projection
 @pytest.mark.parametrize("fps", [10.0, 7.0])  # 7 fps: most frames fall between simulation ticks
 def test_skip_leaves_the_world_where_stepping_does(fps):
     cfg = WorldConfig(seed=11, fps=fps, num_vehicles=10, **SMALL)
@@ -113,6 +112,7 @@ def test_skip_leaves_the_world_where_stepping_does(fps):
         DrivingWorld(cfg).skip(-1)
 
 
+# ---------------------------------------------------------------- camera and projection
 def test_projection_of_a_known_point_pitch_zero():
     K = intrinsics(128, 256, 90.0)
     f = 128.0  # (W / 2) / tan(45 deg)
