@@ -6,12 +6,16 @@ entry point trains every stage; constructor signatures are the config (DESIGN §
 
 from __future__ import annotations
 
+import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
+from jsonargparse import Namespace
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities import rank_zero_warn
 
 _BF16 = ("bf16-mixed", "bf16", "bf16-true")
 
@@ -37,9 +41,91 @@ def resolve_cpu_precision(precision: str, accelerator: str, bf16_supported: bool
     return precision, None
 
 
+def _plain(value: Any) -> Any:
+    """A config value in comparable form (jsonargparse Namespaces as dicts, tuples as lists)."""
+    if hasattr(value, "as_dict"):
+        value = value.as_dict()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def explicit_model_args(args: Iterable[str]) -> set[str]:
+    """Model init-arg names given on the command line itself (``--model.init_args.NAME`` or the
+    shorthand ``--model.NAME``, with or without ``=``), as opposed to config files and defaults."""
+    names = set()
+    for arg in args:
+        key = arg.split("=", 1)[0]
+        for prefix in ("--model.init_args.", "--model."):
+            if key.startswith(prefix) and key != "--model.class_path":
+                names.add(key[len(prefix):].split(".", 1)[0])
+                break
+    return names
+
+
+def reconcile_resume_args(given: dict[str, Any], from_ckpt: dict[str, Any],
+                          explicit: set[str]) -> tuple[dict[str, Any], list[str]]:
+    """Model init args for a resumed run, and one message per field that differs.
+
+    The checkpoint's hyperparameters are the run's own, so they win over config files and defaults
+    (a resume repeats the run; a config edited since, or a flag the first run had on its command
+    line and the resume lacks, does not silently change it). A field given explicitly on the
+    resume's command line wins over the checkpoint (a new ``model_file``, a changed lr): upstream
+    LightningCLI drops such flags silently (Lightning-AI/pytorch-lightning#21455)."""
+    merged, messages = dict(from_ckpt), []
+    for name in sorted(set(given) | set(from_ckpt)):
+        if name not in from_ckpt or name not in given:
+            if name in given:
+                merged[name] = given[name]
+            continue
+        ours, theirs = _plain(given[name]), _plain(from_ckpt[name])
+        if ours == theirs:
+            continue
+        if name in explicit:
+            merged[name] = given[name]
+            messages.append(f"model.init_args.{name}: the command line's {ours!r} replaces the checkpoint's "
+                            f"{theirs!r}")
+        else:
+            messages.append(f"model.init_args.{name}: resuming with the checkpoint's {theirs!r} "
+                            f"(the config says {ours!r}; give --model.init_args.{name} to change it)")
+    return merged, messages
+
+
 class DriveSimCLI(LightningCLI):
     """LightningCLI with drivesim defaults (config saved next to the logs, overwrite allowed
-    because the log version folder is unique per run; bf16 on CPUs without it falls back)."""
+    because the log version folder is unique per run; bf16 on CPUs without it falls back; on
+    ``--ckpt_path`` the checkpoint's model hyperparameters win over config files, and explicit
+    command-line model flags win over the checkpoint, each difference reported)."""
+
+    def parse_arguments(self, parser: Any, args: Any) -> None:
+        """As LightningCLI's, minus its warning about ``args`` and ``sys.argv`` both being set (the
+        ``drivesim`` entry point always passes its own argv on), and keeping the raw arguments for
+        :func:`explicit_model_args`."""
+        if isinstance(args, (dict, Namespace)):
+            self._raw_args = []
+            self.config = parser.parse_object(args)
+        else:
+            self._raw_args = list(sys.argv[1:] if args is None else args)
+            self.config = parser.parse_args(args)
+
+    def _parse_ckpt_path(self) -> None:
+        sub = self.config.get("subcommand")
+        model = self.config[sub].get("model") if sub else None
+        init_args = getattr(model, "init_args", None) if model is not None else None
+        if init_args is None:
+            super()._parse_ckpt_path()
+            return
+        given = dict(vars(init_args))
+        super()._parse_ckpt_path()
+        resumed = self.config[sub]["model"]["init_args"]
+        from_ckpt = dict(vars(resumed))
+        merged, messages = reconcile_resume_args(given, from_ckpt, explicit_model_args(self._raw_args))
+        for name, value in merged.items():
+            resumed[name] = value
+        for message in messages:
+            rank_zero_warn(f"--ckpt_path {self.config[sub].get('ckpt_path')}: {message}")
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config

@@ -35,3 +35,25 @@ def test_cli_falls_back_from_bf16_only_on_cpus_without_it(monkeypatch, tmp_path)
     assert cli.trainer.precision == "32-true"
     monkeypatch.setattr(lightning_cli, "cpu_bf16_supported", lambda: True)
     assert run_lightning_cli(argv, run=False).trainer.precision == "bf16-mixed"
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["fit", "--model.init_args.model_file", "a", "--model.lr=3", "--ckpt_path", "x"], {"model_file", "lr"}),
+    (["--model.init_args.ch_mult=[1,2]", "--model.init_args.ema.decay", "0.9"], {"ch_mult", "ema"}),
+    (["--config", "c.yaml", "--model.class_path", "M", "--data.init_args.root", "r"], set()),
+])
+def test_explicit_model_args(args, expected):
+    assert lightning_cli.explicit_model_args(args) == expected
+
+
+def test_reconcile_resume_args_checkpoint_beats_config_and_explicit_flags_beat_checkpoint():
+    from_ckpt = {"lr": 1e-3, "noise": 0.0, "crop": [32, 64], "file": "old.st", "same": 1}
+    given = {"lr": 1e-4, "noise": 0.4, "crop": (32, 64), "file": "new.st", "same": 1, "added": 7}
+    merged, messages = lightning_cli.reconcile_resume_args(given, from_ckpt, explicit={"lr", "file"})
+    assert merged == {"lr": 1e-4, "noise": 0.0, "crop": [32, 64], "file": "new.st", "same": 1, "added": 7}
+    assert len(messages) == 3                               # the tuple/list crop is no difference
+    by_field = {m.split(":")[0]: m for m in messages}
+    assert "replaces the checkpoint's 0.001" in by_field["model.init_args.lr"]
+    assert "resuming with the checkpoint's 0.0" in by_field["model.init_args.noise"]
+    assert "0.4" in by_field["model.init_args.noise"] and "--model.init_args.noise" in by_field["model.init_args.noise"]
+    assert "'new.st' replaces the checkpoint's 'old.st'" in by_field["model.init_args.file"]

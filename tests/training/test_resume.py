@@ -48,10 +48,14 @@ def test_autoencoder_resume_after_sigkill_equals_uninterrupted(tmp_path, clips):
     # kill right after the end-of-epoch-0 checkpoint is on disk (written atomically)
     run_fit_and_kill([base, killed], kill_when=first_ckpt / "last.ckpt")
     assert not (tmp_path / "killed" / "ae.safetensors").exists()
-    run_fit([base, killed], extra=["--ckpt_path", str(first_ckpt / "last.ckpt")])
+    # The resume's config was edited since (a loss weight): the checkpoint's value must win, or the
+    # losses below would differ. Its command line names a new model file: that flag must win.
+    edited = write_config(tmp_path / "edited.yaml", {"model": {"init_args": {"l2_weight": 7.0}}})
+    run_fit([base, killed, edited], extra=["--ckpt_path", str(first_ckpt / "last.ckpt"),
+                                           "--model.init_args.model_file", str(tmp_path / "resumed.safetensors")])
     resumed = read_losses(tmp_path / "killed" / "losses")
 
     assert sorted(resumed) == sorted(reference) and len(reference) >= 6
     for step, loss in reference.items():
         assert resumed[step] == pytest.approx(loss, rel=1e-5, abs=1e-6), step
-    assert (tmp_path / "killed" / "ae.safetensors").exists()
+    assert (tmp_path / "resumed.safetensors").exists() and not (tmp_path / "killed" / "ae.safetensors").exists()
