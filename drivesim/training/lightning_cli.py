@@ -6,16 +6,18 @@ entry point trains every stage; constructor signatures are the config (DESIGN §
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from jsonargparse import Namespace
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 _BF16 = ("bf16-mixed", "bf16", "bf16-true")
 
@@ -93,6 +95,31 @@ def reconcile_resume_args(given: dict[str, Any], from_ckpt: dict[str, Any],
     return merged, messages
 
 
+def find_last_checkpoint(roots: Iterable[str | os.PathLike], dirpaths: Iterable[str | os.PathLike] = ()) -> Path | None:
+    """The newest ``last*.ckpt`` of earlier runs: in ``dirpaths`` (ModelCheckpoint's explicit folders)
+    and in every logger version under ``roots`` (``ROOT/<logger>/version_*/checkpoints``, or
+    ``ROOT/checkpoints`` without a logger). Lightning itself only looks in the *new* run's version
+    folder, which is empty, so ``--ckpt_path last`` would silently start from scratch."""
+    found: list[Path] = []
+    for folder in dirpaths:
+        found += Path(folder).glob("last*.ckpt")
+    for root in roots:
+        found += Path(root).glob("*/version_*/checkpoints/last*.ckpt")
+        found += Path(root).glob("checkpoints/last*.ckpt")
+    found = [p for p in found if p.is_file()]
+    return max(found, key=lambda p: (p.stat().st_mtime_ns, str(p))) if found else None
+
+
+def _checkpoint_dirpaths(callbacks: Any) -> list[str]:
+    out = []
+    for cb in callbacks or []:
+        class_path = str(getattr(cb, "class_path", "") or "")
+        dirpath = getattr(getattr(cb, "init_args", None), "dirpath", None)
+        if class_path.endswith("ModelCheckpoint") and dirpath:
+            out.append(str(dirpath))
+    return out
+
+
 class DriveSimCLI(LightningCLI):
     """LightningCLI with drivesim defaults (config saved next to the logs, overwrite allowed
     because the log version folder is unique per run; bf16 on CPUs without it falls back; on
@@ -112,6 +139,13 @@ class DriveSimCLI(LightningCLI):
 
     def _parse_ckpt_path(self) -> None:
         sub = self.config.get("subcommand")
+        if sub and self.config[sub].get("ckpt_path") == "last":
+            trainer = self.config[sub]["trainer"]
+            last = find_last_checkpoint([trainer.get("default_root_dir") or os.getcwd()],
+                                        _checkpoint_dirpaths(trainer.get("callbacks")))
+            if last is not None:
+                rank_zero_info(f"--ckpt_path last: resuming from {last}")
+                self.config[sub]["ckpt_path"] = str(last)
         model = self.config[sub].get("model") if sub else None
         init_args = getattr(model, "init_args", None) if model is not None else None
         if init_args is None:

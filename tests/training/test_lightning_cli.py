@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import pytest
@@ -57,3 +58,18 @@ def test_reconcile_resume_args_checkpoint_beats_config_and_explicit_flags_beat_c
     assert "resuming with the checkpoint's 0.0" in by_field["model.init_args.noise"]
     assert "0.4" in by_field["model.init_args.noise"] and "--model.init_args.noise" in by_field["model.init_args.noise"]
     assert "'new.st' replaces the checkpoint's 'old.st'" in by_field["model.init_args.file"]
+
+
+def test_find_last_checkpoint_takes_the_newest_over_versions_and_dirpaths(tmp_path):
+    assert lightning_cli.find_last_checkpoint([tmp_path]) is None
+    files = {name: tmp_path / name for name in ["lightning_logs/version_0/checkpoints/last.ckpt",
+                                                "lightning_logs/version_1/checkpoints/last-v1.ckpt",
+                                                "lightning_logs/version_2/checkpoints/epoch=0.ckpt",
+                                                "fixed/last.ckpt"]}
+    for i, path in enumerate(files.values()):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+        os.utime(path, ns=(10**18 + i * 10**9,) * 2)
+    found = lightning_cli.find_last_checkpoint([tmp_path])
+    assert found == files["lightning_logs/version_1/checkpoints/last-v1.ckpt"]     # not the epoch= one
+    assert lightning_cli.find_last_checkpoint([tmp_path], [tmp_path / "fixed"]) == files["fixed/last.ckpt"]

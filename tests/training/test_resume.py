@@ -4,7 +4,16 @@ must equal an uninterrupted run's, step for step (per-step RNG + per-epoch data 
 from pathlib import Path
 
 import pytest
-from fit_harness import REPO, export_clips, read_losses, run_fit, run_fit_and_kill, write_config
+import yaml
+from fit_harness import (
+    REPO,
+    export_clips,
+    read_losses,
+    read_records,
+    run_fit,
+    run_fit_and_kill,
+    write_config,
+)
 
 
 def _ae_config(tmp: Path, data: Path, name: str) -> Path:
@@ -59,3 +68,20 @@ def test_autoencoder_resume_after_sigkill_equals_uninterrupted(tmp_path, clips):
     for step, loss in reference.items():
         assert resumed[step] == pytest.approx(loss, rel=1e-5, abs=1e-6), step
     assert (tmp_path / "resumed.safetensors").exists() and not (tmp_path / "killed" / "ae.safetensors").exists()
+
+
+def test_ckpt_path_last_finds_the_previous_versions_checkpoint(tmp_path, clips):
+    """With a versioned logger each run writes to a new version folder, and upstream Lightning looks
+    for ``last`` only in the new, empty one: the 'resumed' run would silently start from step 0."""
+    base = REPO / "configs/autoencoder/tiny.yaml"
+    cfg = _ae_config(tmp_path, clips, "versioned")
+    config = yaml.safe_load(cfg.read_text())
+    config["trainer"].update(logger=True, max_epochs=-1)
+    config["trainer"]["callbacks"][2]["init_args"] = {"save_last": True, "every_n_train_steps": 1}  # no dirpath
+    write_config(cfg, config)
+    run_fit([base, cfg], extra=["--trainer.max_steps", "2"])
+    assert list((tmp_path / "versioned" / "lightning_logs").glob("version_0/checkpoints/last.ckpt"))
+    run_fit([base, cfg], extra=["--trainer.max_steps", "4", "--ckpt_path", "last",    # extends a finished run,
+                                "--model.init_args.model_file", str(tmp_path / "v1.safetensors")])  # so a new file
+    steps = [r["step"] for r in read_records(tmp_path / "versioned" / "losses")]
+    assert steps == [0, 1, 2, 3]                          # steps 0-1 once: the second run resumed at 2
