@@ -145,11 +145,21 @@ def test_cpu_inference_layout_keeps_values_and_returns_contiguous_tensors(tempor
     torch.testing.assert_close(recon, ref.detach(), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("kernel", [(3, 3, 3), (3, 1, 1), (5, 3, 3)])
-def test_cpu_conv3d_via_stacked_2d_conv_matches_conv3d(kernel, generator):
+@pytest.mark.parametrize("kernel", [(3, 3, 3), (3, 1, 1), (5, 3, 3), (1, 3, 3)])
+@pytest.mark.parametrize("clips", [(2, 4), (1, 1), (3, 1), (3, 2), (1, 6)])
+def test_cpu_conv3d_via_stacked_2d_conv_matches_conv3d(kernel, clips, generator):
+    # B > 1 folds several clips into one batch (a tap must not reach the neighbouring clip); T <= k_t // 2
+    # gives taps that see only padding frames; values and all three gradients must equal Conv3d's
+    b, t = clips
     conv = torch.nn.Conv3d(6, 5, kernel, padding=tuple(k // 2 for k in kernel))
-    x = torch.randn(2, 6, 4, 8, 10, generator=generator)
-    torch.testing.assert_close(conv3d_frames(conv, x), conv(x), atol=1e-5, rtol=1e-5)
+    x = torch.randn(b, 6, t, 8, 10, generator=generator, requires_grad=True)
+    out, ref = conv3d_frames(conv, x), conv(x)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    grad = torch.randn(out.shape, generator=generator)
+    ours = torch.autograd.grad(out, (x, conv.weight, conv.bias), grad)
+    theirs = torch.autograd.grad(ref, (x, conv.weight, conv.bias), grad)
+    for a, e in zip(ours, theirs):
+        torch.testing.assert_close(a, e, atol=1e-4, rtol=1e-4)
 
 
 def test_alpha_is_a_sigmoid_blend():
