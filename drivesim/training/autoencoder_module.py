@@ -97,7 +97,9 @@ class AutoencoderModule(LightningModule):
     channel; s = ``latent_noise``, or per sample U(0, ``latent_noise``) with ``latent_noise_mode:
     uniform``). ``l2_weight`` adds ``w_2 * sum (x - x_hat)^2`` to the per-frame L1 sum:
     PSNR is a squared error, and the squared term weighs the large errors (lamps, tail lights,
-    lane edges) that L1 leaves blurred.
+    lane edges) that L1 leaves blurred. ``spatial_lr_scale`` (temporal stage with a trainable spatial
+    decoder): the spatial decoder layers train at ``learning_rate * spatial_lr_scale``, the temporal
+    blocks and alpha at ``learning_rate``.
     """
 
     def __init__(self, stage: str = "image", base_channels: int = 128, ch_mult: Sequence[int] = (1, 2, 2, 4),
@@ -110,13 +112,14 @@ class AutoencoderModule(LightningModule):
                  model_file: str | None = None, overwrite: bool = False, seed: int = 0,
                  train_crop: Sequence[int] | None = None, warmup_steps: int = 0,
                  lr_decay_fraction: float = 0.0, flicker_weight: float = 0.0, latent_noise: float = 0.0,
-                 latent_noise_mode: str = "fixed", l2_weight: float = 0.0) -> None:
+                 latent_noise_mode: str = "fixed", l2_weight: float = 0.0,
+                 spatial_lr_scale: float = 1.0) -> None:
         super().__init__()
         if stage not in STAGES:
             raise DriveSimInputError(f"stage must be one of {STAGES}", field="stage", value=stage)
         check_schedule(warmup_steps, lr_decay_fraction)
         for name, value in (("flicker_weight", flicker_weight), ("latent_noise", latent_noise),
-                            ("l2_weight", l2_weight)):
+                            ("l2_weight", l2_weight), ("spatial_lr_scale", spatial_lr_scale)):
             if not value >= 0.0:
                 raise DriveSimInputError(f"{name} must be >= 0", field=name, value=value)
         if latent_noise_mode not in NOISE_MODES:
@@ -192,6 +195,13 @@ class AutoencoderModule(LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         params = [p for p in self.autoencoder.parameters() if p.requires_grad]
+        if hp.stage == "temporal" and hp.spatial_lr_scale != 1.0:
+            # temporal blocks + alpha at the full lr, the rest of the decoder at lr * spatial_lr_scale
+            temporal_ids = {id(p) for p in self.autoencoder.temporal_parameters()}
+            params = [{"params": [p for p in params if id(p) in temporal_ids], "lr": hp.learning_rate},
+                      {"params": [p for p in params if id(p) not in temporal_ids],
+                       "lr": hp.learning_rate * hp.spatial_lr_scale}]
+            params = [g for g in params if g["params"]]
         opt_ae = make_adam(params, hp.learning_rate, (0.5, 0.9))
         opt_d = make_adam(self.discriminator.parameters(), hp.disc_learning_rate or hp.learning_rate, (0.5, 0.9))
         return [opt_ae, opt_d]

@@ -110,6 +110,31 @@ def test_freeze_spatial_decoder_trains_only_temporal_layers(tmp_path):
     assert module._adaptive_layer() is module.autoencoder.decoder.temporal_mixes()[-1].block.conv2.weight
 
 
+def test_spatial_lr_scale_puts_the_spatial_decoder_in_its_own_lr_group(tmp_path):
+    _fit_image(tmp_path, steps=2)
+    module = AutoencoderModule(stage="temporal", init_from=str(tmp_path / "image.safetensors"),
+                               spatial_lr_scale=0.1, **SMALL)
+    opt_ae, _ = module.configure_optimizers()
+    temporal_ids = {id(p) for p in module.autoencoder.temporal_parameters()}
+    fast, slow = opt_ae.param_groups
+    assert fast["lr"] == pytest.approx(SMALL["learning_rate"])
+    assert slow["lr"] == pytest.approx(SMALL["learning_rate"] * 0.1)
+    assert {id(p) for p in fast["params"]} == temporal_ids
+    decoder_ids = {id(p) for p in module.autoencoder.decoder.parameters()} | {
+        id(p) for p in module.autoencoder.post_quant_conv.parameters()}
+    assert {id(p) for p in slow["params"]} == decoder_ids - temporal_ids  # the frozen encoder is in neither
+    # the budget schedule scales each group from its own base lr
+    module._apply_lr_schedule(opt_ae)
+    assert slow["lr"] / fast["lr"] == pytest.approx(0.1)
+    # frozen spatial decoder: the scale has nothing to act on, one group of temporal parameters
+    frozen = AutoencoderModule(stage="temporal", init_from=str(tmp_path / "image.safetensors"),
+                               spatial_lr_scale=0.1, freeze_spatial_decoder=True, **SMALL)
+    (only,) = frozen.configure_optimizers()[0].param_groups
+    assert {id(p) for p in only["params"]} == {id(p) for p in frozen.autoencoder.temporal_parameters()}
+    with pytest.raises(DriveSimInputError, match="spatial_lr_scale"):
+        AutoencoderModule(stage="temporal", init_from=str(tmp_path / "image.safetensors"), spatial_lr_scale=-1.0)
+
+
 def test_lightning_checkpoint_is_a_model_file(tmp_path):
     loader = DataLoader(_Clips(4, 1), batch_size=2)
     module = AutoencoderModule(stage="image", model_file=str(tmp_path / "a.safetensors"), **SMALL)
