@@ -197,6 +197,7 @@ class AutoencoderModule(LightningModule):
         params = [p for p in self.autoencoder.parameters() if p.requires_grad]
         if hp.stage == "temporal" and hp.spatial_lr_scale != 1.0:
             # temporal blocks + alpha at the full lr, the rest of the decoder at lr * spatial_lr_scale
+            # (one group at the default scale, so earlier checkpoints' optimizer states still load)
             temporal_ids = {id(p) for p in self.autoencoder.temporal_parameters()}
             params = [{"params": [p for p in params if id(p) in temporal_ids], "lr": hp.learning_rate},
                       {"params": [p for p in params if id(p) not in temporal_ids],
