@@ -162,6 +162,42 @@ def test_cpu_conv3d_via_stacked_2d_conv_matches_conv3d(kernel, clips, generator)
         torch.testing.assert_close(a, e, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("kernel", [(3, 3, 3), (5, 3, 3)])
+@pytest.mark.parametrize("clips", [(1, 4), (3, 2), (2, 1), (2, 7)])
+def test_cpu_conv3d_inference_path_on_channels_last_frames_matches_conv3d(kernel, clips, generator):
+    # inference: the frames arrive folded and channels-last (a strided 5D view), the taps slice them
+    b, t = clips
+    conv = torch.nn.Conv3d(6, 5, kernel, padding=tuple(k // 2 for k in kernel))
+    folded = torch.randn(b * t, 6, 8, 10, generator=generator).contiguous(memory_format=torch.channels_last)
+    x = folded.unflatten(0, (b, t)).transpose(1, 2)                      # [B, C, T, H, W] view
+    before = x.clone()
+    with torch.no_grad():
+        out, ref = conv3d_frames(conv, x), conv(x.contiguous())
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    assert torch.equal(x, before)                                        # the input is only read
+
+
+def test_inference_fast_paths_equal_the_training_formulas_and_keep_inputs(generator):
+    # no_grad uses h + (1 - alpha) * branch and in-place residual adds; the graph mode keeps
+    # alpha * h + (1 - alpha) * (h + branch); both must agree and neither may write into its input
+    ae = AutoencoderKL(**TINY, temporal_decoder=True)
+    _randomise_temporal(ae, generator)
+    mix, res = ae.decoder.temporal_mixes()[1], ae.decoder.up[1].blocks[0]  # a block with a 1x1 skip
+    with torch.no_grad():
+        mix.mix_logit.fill_(0.7)
+    for module, channels, kwargs in ((mix, mix.block.conv1.in_channels, {"num_frames": 3}),
+                                     (res, res.norm1.num_channels, {})):
+        h = torch.randn(6, channels, 8, 8, generator=generator)
+        ref = module(h, **kwargs)
+        assert ref.requires_grad
+        for layout in (torch.contiguous_format, torch.channels_last):
+            inp = h.contiguous(memory_format=layout)
+            with torch.no_grad():
+                out = module(inp, **kwargs)
+            torch.testing.assert_close(out, ref.detach(), atol=1e-5, rtol=1e-5)
+            assert torch.equal(inp, h)
+
+
 def test_alpha_is_a_sigmoid_blend():
     video = AutoencoderKL(**TINY, temporal_decoder=True)
     mix = video.decoder.temporal_mixes()[0]
