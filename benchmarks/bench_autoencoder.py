@@ -12,11 +12,14 @@ activations + workspace, with glibc's mmap threshold fixed so that RSS follows l
 
     python benchmarks/bench_autoencoder.py --size 64x128 --base 32 --mult 1,2,2,4 --blocks 1
     python benchmarks/bench_autoencoder.py --temporal --frames 6
+    python benchmarks/bench_autoencoder.py --temporal --interleave 20   # one process, alternating rounds
 
 ``--quality A.safetensors [B.safetensors ...]`` instead scores trained model files on held-out
 synthetic clips (a seed stream disjoint from training and validation): PSNR (mean over
 frames), SSIM and the flicker metric, for the issue's measured targets; ``--latent-noise s``
-decodes perturbed latents (the posterior mean plus ``s * std_c`` independent noise per frame).
+decodes perturbed latents (the posterior mean plus ``s * std_c`` independent noise per frame);
+``--image-only`` decodes with the temporal layers off, which separates what a temporal stage's
+temporal blocks do from what its fine-tuned spatial decoder does.
 The flicker is also split into static pixels (true change <= ``--motion-threshold``), where any
 error change is the decoder's own, and moving ones.
 """
@@ -91,6 +94,42 @@ def worker(impl: str, args: argparse.Namespace) -> dict:
             "peak_mb": peak_mb, "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
 
 
+def pair_worker(args: argparse.Namespace) -> dict:
+    """Both models in one process, timed alternately (order flipped every round) for ``--interleave``
+    rounds: slow drifts of a shared machine's speed hit both alike, and the median of the per-round
+    ratios is far steadier than a ratio of bests from separate processes."""
+    import statistics
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    models = {impl: _build(impl, args).to(device).eval() for impl in ("ours", "diffusers")}
+    h, w = (int(v) for v in args.size.split("x"))
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.rand(args.batch, args.frames, 3, h, w, generator=gen) * 2 - 1).to(device)
+    seconds: dict[str, list[float]] = {impl: [] for impl in models}
+    with torch.no_grad():
+        for impl, model in models.items():
+            _step(impl, model, x)                                      # warm-up
+        for i in range(args.interleave):
+            for impl in (("ours", "diffusers") if i % 2 else ("diffusers", "ours")):
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+                _step(impl, models[impl], x)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                seconds[impl].append(time.perf_counter() - start)
+    ratios = [d / o for o, d in zip(seconds["ours"], seconds["diffusers"])]
+    out = {impl: {"impl": impl, "frames_per_s": args.batch * args.frames / statistics.median(v),
+                  "seconds": statistics.median(v), "peak_mb": float("nan"),
+                  "params_m": sum(p.numel() for p in models[impl].parameters()) / 1e6}
+           for impl, v in seconds.items()}
+    q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+    return {"models": out, "ratio_median": statistics.median(ratios), "ratio_quartiles": [q[0], q[2]]}
+
+
 def memory_worker(impl: str, args: argparse.Namespace) -> float:
     """CPU peak RSS growth (MiB) of one encode+decode after a warm-up pass: activations + workspace,
     like CUDA's ``max_memory_allocated`` after its reset. The warm-up takes the one-time costs
@@ -144,7 +183,7 @@ def quality(paths: list[str], args: argparse.Namespace) -> None:
                 latents = [z + args.latent_noise * std * torch.randn(z.shape, generator=gen) for z in latents]
             for video, z in zip(clips, latents):
                 x = video[None]
-                recon = ae.decode(z).clamp(-1, 1)
+                recon = ae.decode(z, image_only=args.image_only).clamp(-1, 1)
                 a, b = (recon[0] + 1) / 2, (x[0] + 1) / 2                 # [T, 3, H, W] in [0, 1]
                 psnr.append(peak_signal_noise_ratio(a, b, data_range=1.0, reduction="none", dim=(1, 2, 3)).mean())
                 ssim.append(structural_similarity_index_measure(a, b, data_range=1.0))
@@ -153,6 +192,7 @@ def quality(paths: list[str], args: argparse.Namespace) -> None:
                     split.append(torch.stack(flicker_split(a[None], b[None], args.motion_threshold)))
         mean = lambda v: float(torch.stack(v).mean()) if v else float("nan")  # noqa: E731
         noise = f", latent noise {args.latent_noise:g} x std_c" if args.latent_noise else ""
+        noise += ", temporal layers off (alpha = 1)" if args.image_only else ""
         print(f"{path}: PSNR {mean(psnr):.2f} dB  SSIM {mean(ssim):.4f}  flicker {mean(flick):.5f} "
               f"({args.clips} held-out clips x {args.frames} frames, {args.size}{noise})")
         if split:  # where the flicker is: content that barely changes vs content that moves
@@ -182,6 +222,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    help="ours: 3 = the paper's (3, 3, 3) convs, 1 = SVD-style (3, 1, 1) like diffusers")
     p.add_argument("--iters", type=int, default=2)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--interleave", type=int, default=0, metavar="N",
+                   help="time both models in one process, alternating for N rounds; report the median "
+                        "per-round ratio (steadier on a shared machine than the default best-of-repeats)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
     p.add_argument("--quality", nargs="+", default=None, metavar="MODEL_FILE",
@@ -193,10 +236,14 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-vehicles", type=int, default=12)
     p.add_argument("--latent-noise", type=float, default=0.0,
                    help="--quality: decode the posterior mean plus s * std_c * per-frame noise (0: the mean)")
+    p.add_argument("--image-only", action="store_true",
+                   help="--quality: decode with the temporal layers off (alpha = 1): a temporal model file's "
+                        "fine-tuned spatial decoder alone, the ablation of its temporal blocks")
     p.add_argument("--motion-threshold", type=float, default=0.03,
                    help="--quality: a pixel 'moves' when its true frame change exceeds this ([0, 1] units)")
     p.add_argument("--worker", choices=("ours", "diffusers"), default=None, help=argparse.SUPPRESS)
     p.add_argument("--memory", choices=("ours", "diffusers"), default=None, help=argparse.SUPPRESS)
+    p.add_argument("--pair", choices=("both",), default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -212,8 +259,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.memory:
         print(json.dumps({"peak_mb": memory_worker(args.memory, args)}))
         return 0
+    if args.pair:
+        print(json.dumps(pair_worker(args)))
+        return 0
     best: dict[str, dict] = {}
-    for _ in range(args.repeats):
+    pair = None
+    if args.interleave:
+        pair = _child("pair", "both", argv)
+        best = pair["models"]
+    for _ in range(0 if args.interleave else args.repeats):
         for impl in ("ours", "diffusers"):
             r = _child("worker", impl, argv)
             if impl not in best or r["seconds"] < best[impl]["seconds"]:
@@ -232,7 +286,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {impl:9s} {r['frames_per_s']:8.2f} frames/s  peak {r['peak_mb']:8.1f} MiB  "
               f"{r['params_m']:.2f} M params")
     ours, theirs = best["ours"], best["diffusers"]
-    print(f"  throughput ratio ours/diffusers: {ours['frames_per_s'] / theirs['frames_per_s']:.2f}x")
+    if pair:
+        lo, hi = pair["ratio_quartiles"]
+        print(f"  throughput ratio ours/diffusers: {pair['ratio_median']:.2f}x (median of {args.interleave} "
+              f"interleaved rounds in one process; quartiles {lo:.2f}-{hi:.2f}x)")
+    else:
+        print(f"  throughput ratio ours/diffusers: {ours['frames_per_s'] / theirs['frames_per_s']:.2f}x")
     print(f"  peak memory ratio ours/diffusers: {ours['peak_mb'] / max(theirs['peak_mb'], 1e-6):.2f}x")
     return 0
 
