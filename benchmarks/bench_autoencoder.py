@@ -68,15 +68,26 @@ def _step(impl: str, model, x):
     return model.decode(z).sample
 
 
-def worker(impl: str, args: argparse.Namespace) -> dict:
+def _setup(args: argparse.Namespace):
+    """Thread count, device and the fixed input ``x [B, T, 3, H, W]`` in [-1, 1] of every timing run."""
     import torch
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    model = _build(impl, args).to(device).eval()
     h, w = (int(v) for v in args.size.split("x"))
     gen = torch.Generator().manual_seed(0)
-    x = (torch.rand(args.batch, args.frames, 3, h, w, generator=gen) * 2 - 1).to(device)
+    return device, (torch.rand(args.batch, args.frames, 3, h, w, generator=gen) * 2 - 1).to(device)
+
+
+def _params_m(model) -> float:
+    return sum(p.numel() for p in model.parameters()) / 1e6
+
+
+def worker(impl: str, args: argparse.Namespace) -> dict:
+    import torch
+
+    device, x = _setup(args)
+    model = _build(impl, args).to(device).eval()
     with torch.no_grad():
         _step(impl, model, x)                                          # warm-up
         if device.type == "cuda":
@@ -91,7 +102,7 @@ def worker(impl: str, args: argparse.Namespace) -> dict:
     # CPU: the warm-up already set this process's peak RSS, so memory_worker measures it in a fresh child
     peak_mb = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else float("nan")
     return {"impl": impl, "frames_per_s": args.batch * args.frames / seconds, "seconds": seconds,
-            "peak_mb": peak_mb, "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
+            "peak_mb": peak_mb, "params_m": _params_m(model)}
 
 
 def pair_worker(args: argparse.Namespace) -> dict:
@@ -102,12 +113,8 @@ def pair_worker(args: argparse.Namespace) -> dict:
 
     import torch
 
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device, x = _setup(args)
     models = {impl: _build(impl, args).to(device).eval() for impl in ("ours", "diffusers")}
-    h, w = (int(v) for v in args.size.split("x"))
-    gen = torch.Generator().manual_seed(0)
-    x = (torch.rand(args.batch, args.frames, 3, h, w, generator=gen) * 2 - 1).to(device)
     seconds: dict[str, list[float]] = {impl: [] for impl in models}
     with torch.no_grad():
         for impl, model in models.items():
@@ -124,7 +131,7 @@ def pair_worker(args: argparse.Namespace) -> dict:
     ratios = [d / o for o, d in zip(seconds["ours"], seconds["diffusers"])]
     out = {impl: {"impl": impl, "frames_per_s": args.batch * args.frames / statistics.median(v),
                   "seconds": statistics.median(v), "peak_mb": float("nan"),
-                  "params_m": sum(p.numel() for p in models[impl].parameters()) / 1e6}
+                  "params_m": _params_m(models[impl])}
            for impl, v in seconds.items()}
     q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
     return {"models": out, "ratio_median": statistics.median(ratios), "ratio_quartiles": [q[0], q[2]]}
@@ -262,12 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.pair:
         print(json.dumps(pair_worker(args)))
         return 0
-    best: dict[str, dict] = {}
-    pair = None
-    if args.interleave:
-        pair = _child("pair", "both", argv)
-        best = pair["models"]
-    for _ in range(0 if args.interleave else args.repeats):
+    pair = _child("pair", "both", argv) if args.interleave else None
+    best: dict[str, dict] = pair["models"] if pair else {}
+    for _ in range(args.repeats if not pair else 0):
         for impl in ("ours", "diffusers"):
             r = _child("worker", impl, argv)
             if impl not in best or r["seconds"] < best[impl]["seconds"]:
