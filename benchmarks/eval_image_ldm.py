@@ -95,7 +95,7 @@ def make_sample_fn(sampler, ae, latent_shape: tuple[int, int, int], max_boxes: i
     ``sample_paired_images``: the ImageStartSampler (guidance as configured) + AE decode.
     The noise comes first from a generator seeded with ``seed``, so it is paired."""
     from drivesim.rollout.engine import SegmentCondition
-    from drivesim.training.sample import stack_boxes
+    from drivesim.tools.sample import stack_boxes
 
     def sample(scenarios: Sequence[ImageScenario], night: bool, with_boxes: bool, seed: int) -> np.ndarray:
         b = len(scenarios)

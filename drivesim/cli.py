@@ -23,9 +23,9 @@ LIGHTNING_COMMANDS = {
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("drivesim.training.pipeline_cli", "train one stage with the packaged configs (make train)"),
-    "demo": ("drivesim.training.demo", "the whole tiny stack on the synthetic world (make demo)"),
-    "sample": ("drivesim.training.sample", "generate frames for given boxes/labels from an image LDM"),
+    "train": ("drivesim.tools.train", "train one stage with the packaged configs (make train)"),
+    "demo": ("drivesim.tools.demo", "the whole tiny stack on the synthetic world (make demo)"),
+    "sample": ("drivesim.tools.sample", "generate frames for given boxes/labels from an image LDM"),
     "rollout": ("drivesim.rollout.cli", "long scenario-driven rollouts streamed to mp4"),
     "eval": ("drivesim.metrics.cli", "FVD / FID / oracle metrics over clip folders -> report.json"),
 }
@@ -33,7 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 DATA_COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("drivesim.data.export", "export the synthetic driving world to the clip format"),
     "check": ("drivesim.data.check", "validate a clip dataset and report bad clips"),
-    "encode": ("drivesim.training.latent_cache", "encode a clip dataset into latent shards"),
+    "encode": ("drivesim.tools.encode", "encode a clip dataset into latent shards"),
     "nuscenes": ("data_prep.nuscenes_to_clips", "nuScenes (devkit) -> clip format"),
     "nuscenes-fixture": ("data_prep.synthetic_to_nuscenes", "synthetic world -> nuScenes-format tables"),
     "bdd100k": ("data_prep.bdd100k_to_clips", "BDD100K MOT labels + videos -> clip format"),

@@ -5,12 +5,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from metric_standins import save_standin
 
 from drivesim.cli import main
 from drivesim.data.clip_format import ClipWriter
 from drivesim.data.video_io import VideoWriter
 from drivesim.metrics.oracle.model import Oracle, OracleConfig, VehicleSegmenter
-from drivesim.metrics.standins import save_standin
 
 
 def _moving_box_video(rng, n=36, h=32, w=64, night=False):

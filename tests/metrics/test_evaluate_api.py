@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 import torch
+from metric_standins import save_standin
 
 from drivesim.metrics.evaluate import evaluate_videos, flat_metrics, parse_metrics
 from drivesim.metrics.extractors import load_torchscript
 from drivesim.metrics.protocol import EvalProtocol
 from drivesim.metrics.sources import VideoSource
-from drivesim.metrics.standins import save_standin
 
 
 def _smooth_video(generator, t=24, h=16, w=32):

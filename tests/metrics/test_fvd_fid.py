@@ -1,5 +1,6 @@
 import pytest
 import torch
+from metric_standins import save_standin
 from torchmetrics.image.fid import FrechetInceptionDistance
 
 from drivesim.metrics.extractors import (
@@ -12,7 +13,6 @@ from drivesim.metrics.extractors import (
 from drivesim.metrics.fid import build_fid, compute_fid, fid_stats
 from drivesim.metrics.frechet import FeatureStats, frechet_distance_stats
 from drivesim.metrics.fvd import FrechetVideoDistance
-from drivesim.metrics.standins import save_standin
 
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,12 @@ import av
 import numpy as np
 import pytest
 import torch
+from rollout_standins import StandinDecoder, StandinPredictor, standin_interpolate
 
 from drivesim.data.clip_format import read_clip
 from drivesim.rollout.chaining import RolloutPlan
 from drivesim.rollout.engine import RolloutJob, RolloutModels, StreamingDecoder, run_rollout
 from drivesim.rollout.scenario import SCHEMA, JsonScenario, NoBoxScenario
-from drivesim.rollout.standins import StandinDecoder, StandinPredictor, standin_interpolate
 from drivesim.rollout.state import fingerprint
 from drivesim.rollout.writer import WORK_DIR
 from drivesim.utils.io import DriveSimInputError

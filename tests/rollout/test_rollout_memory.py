@@ -4,11 +4,11 @@
 import resource
 
 import torch
+from rollout_standins import StandinDecoder, StandinPredictor
 
 from drivesim.rollout.chaining import RolloutPlan
 from drivesim.rollout.engine import RolloutJob, RolloutModels, run_rollout
 from drivesim.rollout.scenario import NoBoxScenario
-from drivesim.rollout.standins import StandinDecoder, StandinPredictor
 
 PAGE = resource.getpagesize()
 

@@ -5,20 +5,22 @@ import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import torch
+from rollout_standins import StandinDecoder, StandinPredictor, standin_interpolate
 
 from drivesim.rollout.chaining import RolloutPlan
 from drivesim.rollout.engine import RolloutJob, RolloutModels, run_rollout
 from drivesim.rollout.scenario import NoBoxScenario
-from drivesim.rollout.standins import StandinDecoder, StandinPredictor, standin_interpolate
 
 SCRIPT = textwrap.dedent("""
     import os, signal, sys, torch
+    sys.path.insert(0, sys.argv[3])
     from drivesim.rollout.chaining import RolloutPlan
     from drivesim.rollout.engine import RolloutJob, RolloutModels, run_rollout
     from drivesim.rollout.scenario import NoBoxScenario
-    from drivesim.rollout.standins import StandinDecoder, StandinPredictor, standin_interpolate
+    from rollout_standins import StandinDecoder, StandinPredictor, standin_interpolate
 
     kill_at, calls = int(sys.argv[2]), [0]
     base = StandinPredictor()
@@ -50,7 +52,8 @@ def test_sigkill_mid_rollout_then_resume_is_byte_identical(tmp_path):
     out = tmp_path / "out"
     # killed inside the last segment (9 of 9): states were saved after segments 3 and 6;
     # the chunk written after the last state (segment 7) must be discarded and re-made
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(out), "9"], capture_output=True,
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(out), "9",
+                           str(Path(__file__).parent)], capture_output=True,
                           env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=120)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
     assert not (out / "frames.mp4").exists() and (out / ".rollout" / "chunk_000007.mp4").exists()

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from drivesim.training.pipeline import Stage, StageFailed, is_done, run_pipeline
+from drivesim.tools.pipeline import Stage, StageFailed, is_done, run_pipeline
 
 
 def _touch_stage(name: str, out: Path, counter: Path) -> Stage:
@@ -75,7 +75,7 @@ def test_stage_without_its_output_fails(tmp_path):
 
 
 def test_train_command_assembles_fit_argv_and_names_bad_inputs(tmp_path):
-    from drivesim.training.pipeline_cli import build_fit_argv
+    from drivesim.tools.train import build_fit_argv
     from drivesim.utils.io import DriveSimInputError
 
     data = tmp_path / "latents"

@@ -5,13 +5,13 @@ import pytest
 import torch
 
 from drivesim.cli import main
+from drivesim.data import latent_cache
 from drivesim.data.clip_format import ClipWriter, manifest_entry, read_clip, write_manifest
 from drivesim.data.datasets import ClipDataset, to_video_tensor
 from drivesim.data.latents import LatentClipDataset
 from drivesim.models.autoencoder import AutoencoderKL
 from drivesim.models.model_files import save_model_file
-from drivesim.training import latent_cache
-from drivesim.training.latent_cache import encode_dataset
+from drivesim.tools.encode import encode_with_autoencoder as encode_dataset
 from drivesim.utils.io import DriveSimInputError
 
 H, W = 16, 32

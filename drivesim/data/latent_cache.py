@@ -1,4 +1,4 @@
-"""``drivesim data encode``: encode a clip dataset once into latent shards (``drivesim.data.latents``).
+"""Encode a clip dataset once into latent shards (the format of ``drivesim.data.latents``).
 
 Every source frame of every clip is encoded (per frame; the encoder never mixes time) after
 the same resize/centre-crop as ``ClipDataset`` (``--size``, default the clips' own size),
@@ -7,15 +7,19 @@ Windows at other frame rates are picked at read time, so one cache serves every 
 
 Resumable and atomic: ``latents.json`` fixes the settings first, each shard appears under its
 final name only when complete (a re-run skips finished shards), and ``manifest.jsonl`` is
-written last. A re-run with another autoencoder or settings stops unless ``--overwrite``.
+written last. A re-run with another autoencoder or settings stops unless ``overwrite``.
+
+The data layer imports no models: the encoder comes in as a :class:`LatentEncoder` (a
+callable plus its identity); ``drivesim data encode`` (``drivesim.tools.encode``) builds one
+from an autoencoder model file.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,19 +30,27 @@ from drivesim.data.boxes import ResizeCrop
 from drivesim.data.clip_format import ManifestEntry, read_clip, read_manifest
 from drivesim.data.datasets import to_video_tensor
 from drivesim.data.latents import MANIFEST, META, SCHEMA, LatentEntry, shard_name
-from drivesim.models.autoencoder import AutoencoderKL, load_autoencoder
 from drivesim.utils.io import DriveSimInputError, atomic_path, atomic_write_json, atomic_write_text
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def autoencoder_hash(ae: AutoencoderKL) -> str:
-    """sha256 (first 16 hex digits) of the hparams and every weight, scale factor included."""
-    digest = hashlib.sha256(json.dumps(ae.hparams, sort_keys=True).encode())
-    for name, tensor in sorted(ae.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
+@dataclass(frozen=True)
+class LatentEncoder:
+    """What the cache needs of an encoder.
+
+    ``encode(video [1, n, 3, H, W] in [-1, 1]) -> (mean, logvar)`` each ``[1, n, C, h, w]``
+    (per frame; unscaled posterior moments); ``fingerprint`` identifies the weights (a
+    cache made with another encoder is refused); ``scale_factor`` multiplies the latents
+    at read time; ``downsample_factor`` is H / h; ``hparams`` are recorded for provenance.
+    """
+
+    encode: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    fingerprint: str
+    scale_factor: float
+    downsample_factor: int
+    hparams: dict
+    device: torch.device | str = "cpu"
 
 
 def _check_settings(out: Path, meta: dict, overwrite: bool) -> bool:
@@ -60,20 +72,19 @@ def _check_settings(out: Path, meta: dict, overwrite: bool) -> bool:
 
 
 @torch.no_grad()
-def _encode_clip(ae: AutoencoderKL, clip_dir: Path, size: tuple[int, int] | None, batch_frames: int,
+def _encode_clip(encoder: LatentEncoder, clip_dir: Path, size: tuple[int, int] | None, batch_frames: int,
                  dtype: torch.dtype, bar: tqdm) -> dict[str, torch.Tensor]:
     clip = read_clip(clip_dir)
     out_hw = size or (clip.height, clip.width)
     rc = ResizeCrop.center((clip.height, clip.width), out_hw)
-    device = ae.scale_factor.device
     means, logvars = [], []
     try:
         for start in range(0, clip.num_frames, batch_frames):
             idx = np.arange(start, min(clip.num_frames, start + batch_frames))
             rgb = np.stack([rc.apply_image(f) for f in clip.frames(idx)])   # [n, H, W, 3]
-            posterior = ae.encode(to_video_tensor(rgb)[None].to(device))   # [1, n, C, h, w]
-            means.append(posterior.mean[0].to("cpu", dtype))
-            logvars.append(posterior.logvar[0].to("cpu", dtype))
+            mean, logvar = encoder.encode(to_video_tensor(rgb)[None].to(encoder.device))  # [1, n, C, h, w]
+            means.append(mean[0].to("cpu", dtype))
+            logvars.append(logvar[0].to("cpu", dtype))
             bar.update(len(idx))
     finally:
         clip.close()
@@ -91,11 +102,11 @@ def _encode_clip(ae: AutoencoderKL, clip_dir: Path, size: tuple[int, int] | None
             "counts": torch.tensor(counts, dtype=torch.int64)}
 
 
-def encode_dataset(ckpt: str | Path, data: str | Path, out: str | Path, *, splits: Sequence[str] | None = None,
-                   size: tuple[int, int] | None = None, clips_per_shard: int = 8, batch_frames: int = 16,
-                   dtype: str = "float32", device: str = "cpu", overwrite: bool = False,
-                   progress: bool = True) -> dict:
-    """Encode the clips of ``data`` (optionally only ``splits``) with the AE at ``ckpt`` into ``out``.
+def encode_dataset(encoder: LatentEncoder, data: str | Path, out: str | Path, *,
+                   splits: Sequence[str] | None = None, size: tuple[int, int] | None = None,
+                   clips_per_shard: int = 8, batch_frames: int = 16, dtype: str = "float32",
+                   overwrite: bool = False, progress: bool = True) -> dict:
+    """Encode the clips of ``data`` (optionally only ``splits``) with ``encoder`` into ``out``.
 
     Returns ``{"clips", "shards_written", "shards_skipped", "complete"}``.
     """
@@ -105,8 +116,7 @@ def encode_dataset(ckpt: str | Path, data: str | Path, out: str | Path, *, split
         raise ValueError(f"encode: bad options dtype={dtype!r} clips_per_shard={clips_per_shard} "
                          f"batch_frames={batch_frames}")
     data, out = Path(data), Path(out)
-    ae = load_autoencoder(ckpt).to(device)
-    f = ae.downsample_factor
+    f = encoder.downsample_factor
     if size is not None and (size[0] % f or size[1] % f):
         raise DriveSimInputError(f"frame size is not divisible by the autoencoder factor f={f}", field="size",
                                  value=size)
@@ -114,8 +124,8 @@ def encode_dataset(ckpt: str | Path, data: str | Path, out: str | Path, *, split
     if not entries:
         raise DriveSimInputError("no clips in the requested splits", path=data / "manifest.jsonl",
                                  field="splits", value=splits)
-    meta = {"schema": SCHEMA, "ae_hash": autoencoder_hash(ae), "scale_factor": float(ae.scale_factor),
-            "ae_hparams": ae.hparams, "source": str(data.resolve()), "size": list(size) if size else None,
+    meta = {"schema": SCHEMA, "ae_hash": encoder.fingerprint, "scale_factor": float(encoder.scale_factor),
+            "ae_hparams": encoder.hparams, "source": str(data.resolve()), "size": list(size) if size else None,
             "dtype": dtype, "clips_per_shard": clips_per_shard,
             "clips_hash": hashlib.sha256("\n".join(e.clip_id for e in entries).encode()).hexdigest()[:16]}
     out.mkdir(parents=True, exist_ok=True)
@@ -133,7 +143,7 @@ def encode_dataset(ckpt: str | Path, data: str | Path, out: str | Path, *, split
                 continue
             tensors = {}
             for key, entry in enumerate(group):
-                arrays = _encode_clip(ae, data / entry.path, size, batch_frames, DTYPES[dtype], bar)
+                arrays = _encode_clip(encoder, data / entry.path, size, batch_frames, DTYPES[dtype], bar)
                 tensors.update({f"{key}.{name}": t.contiguous() for name, t in arrays.items()})
             with atomic_path(out / shard_name(k)) as tmp:
                 save_file(tensors, str(tmp), metadata={"schema": SCHEMA, "ae_hash": meta["ae_hash"]})
@@ -143,34 +153,3 @@ def encode_dataset(ckpt: str | Path, data: str | Path, out: str | Path, *, split
              for k, group in enumerate(shards) for key, e in enumerate(group)]
     atomic_write_text(out / MANIFEST, "".join(json.dumps(line) + "\n" for line in lines))
     return {"clips": len(entries), "shards_written": written, "shards_skipped": skipped, "complete": True}
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"--size must be HxW like 64x128, got {text!r}") from err
-    return h, w
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ckpt", required=True, help="autoencoder model file (.safetensors/.pt) or Lightning .ckpt")
-    parser.add_argument("--data", required=True, help="clip dataset folder (with manifest.jsonl)")
-    parser.add_argument("--out", required=True, help="latent cache folder")
-    parser.add_argument("--splits", nargs="*", default=None, help="manifest splits to encode (default: all)")
-    parser.add_argument("--size", type=_size, default=None, help="HxW frame size before encoding (default: clip size)")
-    parser.add_argument("--clips-per-shard", type=int, default=8)
-    parser.add_argument("--batch-frames", type=int, default=16, help="frames per encoder call")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="storage dtype of mean/logvar")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--overwrite", action="store_true", help="re-encode a cache made with other settings")
-    parser.add_argument("--no-progress", action="store_true")
-
-
-def run(args: argparse.Namespace) -> int:
-    stats = encode_dataset(args.ckpt, args.data, args.out, splits=args.splits, size=args.size,
-                           clips_per_shard=args.clips_per_shard, batch_frames=args.batch_frames, dtype=args.dtype,
-                           device=args.device, overwrite=args.overwrite, progress=not args.no_progress)
-    print(f"{args.out}: {stats['clips']} clips, {stats['shards_written']} shards written, "
-          f"{stats['shards_skipped']} already done")
-    return 0

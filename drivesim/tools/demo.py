@@ -14,7 +14,7 @@ import argparse
 import time
 from pathlib import Path
 
-from drivesim.training.pipeline import Stage, StageFailed, banner, run_pipeline
+from drivesim.tools.pipeline import Stage, StageFailed, banner, run_pipeline
 
 # Wall-time budget per training stage in minutes at --minutes 20 (scaled linearly). The
 # image LDM gets the largest LDM share: the video LDM freezes its spatial layers, so what a

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from drivesim.training.pipeline import Stage, StageFailed, run_stage
+from drivesim.tools.pipeline import Stage, StageFailed, run_stage
 from drivesim.utils.io import DriveSimInputError
 
 # stage -> (config folder, config name pattern, data source, needs --ae, needs --init)

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from drivesim.cli import COMMANDS, DATA_COMMANDS, main
-from drivesim.training.demo import demo_stages
+from drivesim.tools.demo import demo_stages
 
 
 def _tool_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, list[str]]:
