@@ -1,4 +1,4 @@
-"""Image LDM quality probe (issue 4): do samples follow their boxes, are night samples darker?
+"""Image LDM quality probe: do samples follow their boxes, are night samples darker?
 
 For ``--pairs`` held-out world scenarios (``SyntheticDataset(seed=--scenario-seed).scenario(i)``,
 rendered day and night at the model resolution) the image LDM samples day and night from
@@ -117,9 +117,9 @@ def make_sample_fn(sampler, ae, latent_shape: tuple[int, int, int], max_boxes: i
 def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(1)
     args = parse_args(argv)
+    from drivesim.inference import load_model
     from drivesim.metrics.oracle.model import load_or_train_oracle
-    from drivesim.models.autoencoder import load_autoencoder
-    from drivesim.rollout.sampler import ImageStartSampler, load_diffusion_model
+    from drivesim.rollout.sampler import ImageStartSampler
 
     out = Path(args.out)
     existing = [name for name in OUTPUTS if (out / name).exists()]
@@ -129,9 +129,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise DriveSimInputError("--pairs, --steps and --batch-size must be >= 1",
                                  value=(args.pairs, args.steps, args.batch_size))
     t0 = time.perf_counter()
-    model = load_diffusion_model(args.ldm, "image")
-    ae = load_autoencoder(args.ae).eval()
-    config = model.unet.config
+    model = load_model(args.ldm, "image")
+    ae = load_model(args.ae, "autoencoder").network
+    config = model.config
     latent_shape, (height, width) = latent_geometry(model.hparams, int(config["in_channels"]),
                                                     ae.downsample_factor, args.size)
     max_boxes = int(config.get("max_boxes", 16))

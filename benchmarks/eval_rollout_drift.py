@@ -43,6 +43,7 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 import torch
 
 from drivesim.cli import main as drivesim_main
+from drivesim.diffusion.guidance import GUIDANCE_SCHEDULES
 from drivesim.metrics.drift import (
     build_drift_report,
     check_outputs,
@@ -51,8 +52,7 @@ from drivesim.metrics.drift import (
     summarize_eval,
     write_drift_json,
 )
-from drivesim.rollout.cli import resolve_preset
-from drivesim.rollout.sampler import GUIDANCE_SCHEDULES
+from drivesim.rollout.cli import model_files
 from drivesim.utils.io import DriveSimInputError, read_json
 
 MARKS_S = (30.0, 120.0, 300.0)  # video seconds at which timings and RSS are reported
@@ -108,11 +108,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def resolve_checkpoints(args: argparse.Namespace) -> dict[str, str | None]:
-    """Explicit --*-ckpt win; the others come from RUNS/demo/<stage>/model.* (rollout preset)."""
-    ns = argparse.Namespace(preset="demo", runs=args.runs, video_ckpt=args.video_ckpt,
-                            ae_ckpt=args.ae_ckpt, image_ckpt=args.image_ckpt, out="-", daynight="day")
-    resolve_preset(ns)
-    return {"video": ns.video_ckpt, "ae": ns.ae_ckpt, "image": ns.image_ckpt}
+    """Explicit --*-ckpt win; the others come from the run folder RUNS/demo (as `drivesim rollout --preset demo`)."""
+    ns = argparse.Namespace(run=None, preset="demo", runs=args.runs, video_ckpt=args.video_ckpt,
+                            ae_ckpt=args.ae_ckpt, image_ckpt=args.image_ckpt, interp_ckpt=None)
+    files = model_files(ns)
+    return {"video": str(files["video"]), "ae": str(files["autoencoder"]),
+            "image": str(files["image"]) if files.get("image") else None}
 
 
 def rollout_command(args: argparse.Namespace, ckpts: dict, schedule: str, out: Path) -> list[str]:

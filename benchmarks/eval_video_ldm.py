@@ -1,4 +1,4 @@
-"""Video LDM quality probe (issue 5): temporal coherence, context continuation, boxes per frame.
+"""Video LDM quality probe: temporal coherence, context continuation, boxes per frame.
 
 Real held-out windows (the ``val`` split of ``--data``, a ``drivesim data synth`` folder, at the
 model's fps / num_frames) are encoded with the AE; the video LDM predicts the rest of each
@@ -113,9 +113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(1)
     args = parse_args(argv)
     from drivesim.data.datasets import ClipDataset
+    from drivesim.inference import load_model
     from drivesim.metrics.oracle.model import load_or_train_oracle
-    from drivesim.models.autoencoder import load_autoencoder
-    from drivesim.rollout.sampler import PredictionSampler, load_diffusion_model
+    from drivesim.rollout.sampler import PredictionSampler
 
     out = Path(args.out)
     existing = [name for name in OUTPUTS if (out / name).exists()]
@@ -125,9 +125,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise DriveSimInputError("--clips, --steps, --batch-size must be >= 1 and --reference >= 2",
                                  value=(args.clips, args.steps, args.batch_size, args.reference))
     t0 = time.perf_counter()
-    model = load_diffusion_model(args.ldm, "prediction")
-    ae = load_autoencoder(args.ae).eval()
-    config = model.unet.config
+    model = load_model(args.ldm, "prediction")
+    ae = load_model(args.ae, "autoencoder").network
+    config = model.config
     fps = float(model.hparams.get("fps") or 10.0)
     frames = int(model.hparams.get("num_frames") or min(10, config["max_frames"]))
     if frames <= NUM_CONTEXT:
@@ -139,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                           max_boxes=int(config.get("max_boxes", 16)))
     kw = dict(sampler=args.sampler, guidance_boxes=args.guidance_boxes, guidance_labels=args.guidance_labels)
     samplers = {"normal": PredictionSampler(model, args.steps, args.guidance_context, args.guidance_schedule, **kw),
-                "alpha1": PredictionSampler(replace(model, unet=ImageOnlyNetwork(model.unet)), args.steps,
+                "alpha1": PredictionSampler(replace(model, network=ImageOnlyNetwork(model.network)), args.steps,
                                             args.guidance_context, args.guidance_schedule, **kw)}
     samplers["no_boxes"] = samplers["normal"]  # the trained model with the boxes dropped: chance level
     oracle = load_or_train_oracle(path=args.oracle)

@@ -1,4 +1,5 @@
-"""Box utilities: normalised ``x1, y1, x2, y2`` boxes in [0, 1] (DESIGN §3).
+"""Box utilities: normalised ``x1, y1, x2, y2`` boxes in [0, 1] (docs/architecture.md,
+"Batch contract").
 
 Boxes are numpy arrays of shape ``[..., 4]``. Pixel boxes use the convention that the
 image spans ``[0, W] x [0, H]`` (pixel edges, not centres), so normalising is a division.

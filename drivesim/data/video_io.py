@@ -94,15 +94,19 @@ class _FinishOnExit:
 
 
 class VideoWriter(_FinishOnExit):
-    """Streaming mp4 writer. Use as a context manager, or call ``close()`` / ``abort()``."""
+    """Streaming mp4 writer (the project's one H.264 encoder: clips, rollout chunks, debug
+    videos). Use as a context manager, or call ``close()`` / ``abort()``.
 
-    def __init__(self, path: str | os.PathLike, fps: float, *, crf: int = 18,
-                 backend: str = "auto", overwrite: bool = False) -> None:
+    ``gop``: frames between key frames; ``preset``: x264 speed/size trade-off. Output is
+    bit-identical for identical frames and settings (one encoder thread, no B-frames)."""
+
+    def __init__(self, path: str | os.PathLike, fps: float, *, crf: int = 18, preset: str = "medium",
+                 gop: int = GOP, backend: str = "auto", overwrite: bool = False) -> None:
         if backend not in ("auto", "pyav", "opencv"):
             raise ValueError(f"backend must be auto|pyav|opencv, got {backend!r}")
         if not fps > 0:
             raise DriveSimInputError("fps must be > 0", path=path, field="fps", value=fps)
-        self.path, self.fps, self.crf = Path(path), float(fps), crf
+        self.path, self.fps, self.crf, self.preset, self.gop = Path(path), float(fps), crf, preset, int(gop)
         self.backend = ("pyav" if has_h264() else "opencv") if backend == "auto" else backend
         if self.path.exists() and not overwrite:
             raise FileExistsError(f"{self.path} exists; pass overwrite=True (--overwrite) to replace it")
@@ -122,7 +126,7 @@ class VideoWriter(_FinishOnExit):
             stream = self._container.add_stream("libx264", rate=Fraction(self.fps).limit_denominator(1001))
             stream.width, stream.height, stream.pix_fmt = ew, eh, "yuv420p"
             stream.codec_context.thread_count = 1  # one thread: bit-identical output per input
-            stream.options = {"crf": str(self.crf), "preset": "medium", "g": str(GOP), "bf": "0"}
+            stream.options = {"crf": str(self.crf), "preset": self.preset, "g": str(self.gop), "bf": "0"}
             self._stream = stream
         else:
             self._cv = cv2.VideoWriter(str(self._tmp), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (ew, eh))

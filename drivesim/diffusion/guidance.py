@@ -82,3 +82,26 @@ def guided_denoiser(model_call: ModelCall, cond: Any, scales: dict[str, Scale],
         return out
 
     return denoise
+
+
+GUIDANCE_SCHEDULES = ("constant", "taper")
+
+
+def context_guidance_scales(window: int, num_context: int, scale: float, kind: str = "taper",
+                            taper_to: float = 0.25) -> torch.Tensor:
+    """Per-frame context-guidance scale w [T] for a window whose first ``num_context`` frames are given.
+
+    ``constant``: w everywhere. ``taper``: w on the first new frame, falling linearly to
+    1 + (w - 1) * taper_to on the last frame, so the frames that become the next segment's
+    context get the least guidance: constant guidance saturates and the saturation builds
+    up over rollout rounds (docs/architecture.md, "Design rules"). Context frames are
+    re-imposed, so their scale is moot.
+    """
+    if kind not in GUIDANCE_SCHEDULES:
+        raise ValueError(f"guidance schedule must be one of {GUIDANCE_SCHEDULES}, got {kind!r}")
+    w = torch.full((window,), float(scale), dtype=torch.float32)
+    new = window - num_context
+    if kind == "taper" and new > 1:
+        low = 1.0 + (scale - 1.0) * taper_to
+        w[num_context:] = torch.linspace(float(scale), low, new)
+    return w

@@ -1,4 +1,5 @@
-"""Samplers: small pure functions over a denoiser D(x_t, t) -> x0_hat (DESIGN §5).
+"""Samplers: small pure functions over a denoiser D(x_t, t) -> x0_hat (docs/architecture.md,
+"Code style").
 
 Each sampler walks a decreasing list of integer timesteps t_0 > t_1 > ... > t_{n-1} and
 finally to the clean end point t = -1 (alphabar = 1). Every step goes from t_i to the actual
@@ -111,3 +112,15 @@ def dpmpp_2m_sample(denoise: DenoiseFn, x_T: torch.Tensor, schedule: DiscreteVPS
         x = (s_next / s) * x - a_next * math.expm1(-h) * d
         x0_prev, h_prev = x0, h
     return x
+
+
+# The one sampler table (training validation, `drivesim sample`, rollouts, probes, benchmarks
+# all go through drivesim.inference.sample, which looks samplers up here).
+SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {"ddim": ddim_sample, "dpmpp_2m": dpmpp_2m_sample}
+
+
+def get_sampler(name: str) -> Callable[..., torch.Tensor]:
+    """The sampler function called ``name`` (``ddim`` | ``dpmpp_2m``)."""
+    if name not in SAMPLERS:
+        raise ValueError(f"sampler: expected one of {tuple(SAMPLERS)}, got {name!r}")
+    return SAMPLERS[name]

@@ -1,6 +1,6 @@
-"""Quality probes of the image LDM (issue 4) and the video LDM (issue 5); docs/probes.md.
+"""Quality probes of the image LDM and the video LDM; docs/probes.md.
 
-The probes measure, on trained model files, what the issues ask for:
+The probes measure, on trained model files:
 
 - image LDM: box fidelity (oracle vehicle presence inside vs. outside the conditioned boxes)
   of samples WITH boxes vs. the same noise with the boxes dropped, both scored against the
@@ -267,7 +267,7 @@ def image_probe_table(report: dict) -> str:
 
 
 # ---------------------------------------------------------------------------- video probe
-class ImageOnlyNetwork:
+class ImageOnlyNetwork(torch.nn.Module):
     """The video UNet with alpha forced to 1 (``UNet.image_only``): every temporal layer and
     the context encoder are skipped, so frames are denoised independently by the spatial
     layers. A copy of the UNet is flagged; the original is left as it is. The UNet ignores the
@@ -276,10 +276,12 @@ class ImageOnlyNetwork:
     def __init__(self, unet: torch.nn.Module) -> None:
         if not getattr(unet, "temporal", False):
             raise ValueError("ImageOnlyNetwork: the UNet has no temporal layers (alpha is already 1)")
+        super().__init__()
         self.unet = copy.deepcopy(unet).eval()
         self.unet.image_only = True
+        self.in_channels = self.unet.in_channels
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
         return self.unet(x, t, cond)
 
 

@@ -10,7 +10,6 @@ the unconditional branch used for context guidance.
 from __future__ import annotations
 
 import torch
-from einops import rearrange
 from torch import Tensor, nn
 
 from drivesim.models.conditioning import Conditioning
@@ -78,30 +77,9 @@ class ContextEncoder(nn.Module):
             for i in range(num_levels))
 
     def forward(self, c_s: Tensor) -> dict[tuple[int, int], Tensor]:
-        x = self.stem(rearrange(c_s, "b t c h w -> (b t) c h w"))
+        x = self.stem(c_s.flatten(0, 1))  # [B, T, C+1, h, w] -> [(B T), C+1, h, w]
         feats: dict[tuple[int, int], Tensor] = {}
         for level in self.levels:
             x = level(x)
             feats[(int(x.shape[-2]), int(x.shape[-1]))] = x
         return feats
-
-
-def prediction_mask(batch: int, frames: int, num_context: Tensor | int,
-                    device: torch.device | str = "cpu") -> Tensor:
-    """Mask [B, T] with ones on the first S frames (S per sample [B] or one int)."""
-    s = torch.as_tensor(num_context, device=device).expand(batch)
-    if bool((s > frames).any()) or bool((s < 0).any()):
-        raise ValueError(f"context count must be in [0, {frames}], got {s.tolist()}")
-    return (torch.arange(frames, device=device)[None] < s[:, None]).float()
-
-
-def interpolation_mask(batch: int, frames: int, key_frames: tuple[int, ...] | None = None,
-                       device: torch.device | str = "cpu") -> Tensor:
-    """Mask [B, T] with ones on the key frames (default: first and last, e.g. 0 and 4 of 5)."""
-    keys = (0, frames - 1) if key_frames is None else key_frames
-    bad = [k for k in keys if not 0 <= k < frames]
-    if bad:
-        raise ValueError(f"key frames {bad} outside [0, {frames})")
-    mask = torch.zeros(batch, frames, device=device)
-    mask[:, list(keys)] = 1.0
-    return mask

@@ -11,23 +11,26 @@ to the real models in :mod:`drivesim.rollout.sampler`:
 
 Memory is bounded by one window: the loop keeps the S context latents, the decoder's
 overlap and the current segment; frames go to chunk files as soon as they are decoded.
+:func:`iter_rollout` yields each decoded chunk (frames + the boxes used) as it is made, with
+or without an output folder; :func:`run_rollout` runs it to the end.
 """
 
 from __future__ import annotations
 
+import math
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from einops import rearrange
 from tqdm.auto import tqdm
 
 from drivesim.rollout.chaining import RolloutPlan
-from drivesim.rollout.scenario import Scenario
+from drivesim.rollout.scenario import Scenario, ScenarioFrames
 from drivesim.rollout.state import RolloutState, load_state, save_state
+from drivesim.rollout.streams import Decode, StreamingDecoder, StreamingUpsampler, Upsample
 from drivesim.rollout.writer import (
     WORK_DIR,
     ChunkWriter,
@@ -35,6 +38,7 @@ from drivesim.rollout.writer import (
     output_exists,
     write_clip_json,
 )
+from drivesim.utils.frames import to_uint8
 from drivesim.utils.io import DriveSimInputError
 
 STATE_NAME = "state.pt"
@@ -57,23 +61,46 @@ class SegmentCondition:
 
 
 PredictSegment = Callable[[torch.Tensor, SegmentCondition, torch.Generator], torch.Tensor]
-Decode = Callable[[torch.Tensor], torch.Tensor]
 Interpolate = Callable[[torch.Tensor, SegmentCondition, torch.Generator], torch.Tensor]
 
 
 @dataclass
 class RolloutModels:
+    """The loop's model callables.
+
+    ``interpolate``: one callable (one pass, factor ``plan.interp_factor``) or a sequence of
+    passes with their ``interp_factors`` (the paper's cascade: the same model twice, x4 then
+    x4 with the second regime); their product is the plan's ``interp_factor``.
+    ``upsample``: the video upsampler over ``upsample_chunk``-frame chunks with
+    ``upsample_context`` frames carried between chunks (None: frames are written as decoded).
+    """
+
     predict_segment: PredictSegment
     decode: Decode
-    interpolate: Interpolate | None = None
+    interpolate: Interpolate | Sequence[Interpolate] | None = None
     decode_overlap: int = 2  # latent frames of temporal-decoder context on each side
+    interp_factors: tuple[int, ...] = ()
+    upsample: Upsample | None = None
+    upsample_chunk: int = 8
+    upsample_context: int = 2
+
+    def passes(self, total_factor: int) -> list[tuple[int, Interpolate]]:
+        """[(factor, interpolate)] per interpolation pass, checked against the plan's factor."""
+        if self.interpolate is None:
+            return []
+        fns = [self.interpolate] if callable(self.interpolate) else list(self.interpolate)
+        factors = tuple(self.interp_factors) or ((total_factor,) if len(fns) == 1 else ())
+        if len(factors) != len(fns) or math.prod(factors) != total_factor or min(factors) < 2:
+            raise ValueError(f"interpolation factors {factors} for {len(fns)} passes do not make the "
+                             f"plan's interp_factor {total_factor}")
+        return list(zip(factors, fns))
 
 
 @dataclass
 class RolloutJob:
     plan: RolloutPlan
     scenario: Scenario
-    out_dir: Path
+    out_dir: Path | None  # None: frames are only yielded (no files, no resume)
     seed: int
     fingerprint: str
     debug_video: bool = False
@@ -82,8 +109,18 @@ class RolloutJob:
 
 
 @dataclass
+class RolloutChunk:
+    """Output frames ``first .. first + n - 1`` as they are decoded: ``frames`` uint8
+    ``[n, H, W, 3]`` and the scenario boxes used for them (``ScenarioFrames``, padded)."""
+
+    first: int
+    frames: np.ndarray
+    boxes: ScenarioFrames
+
+
+@dataclass
 class RolloutResult:
-    out_dir: Path
+    out_dir: Path | None
     num_frames: int
     num_segments: int
     resumed_from: int | None
@@ -101,52 +138,31 @@ def segment_condition(scenario: Scenario, key_indices: list[int], model_fps: flo
                             num_context=num_context, window=len(key_indices))
 
 
-class StreamingDecoder:
-    """Decode latents in overlapping windows as they arrive, equal to decoding the whole video.
+class _Loop:
+    """One rollout's mutable state; methods are the steps of :func:`run_rollout`.
 
-    A frame is emitted once ``overlap`` later latents exist (its right-hand context); the
-    last ``overlap`` emitted latents stay as left context. ``flush`` emits the rest at the
-    video's end, where whole-video decoding has no right context either.
+    Per segment: key latents -> interpolation passes -> streaming decoder -> (streaming
+    upsampler) -> writer; every stage draws its noise from the one generator, in this order.
     """
 
-    def __init__(self, decode: Decode, overlap: int, left: torch.Tensor, pending: torch.Tensor) -> None:
-        self.decode, self.overlap = decode, int(overlap)
-        self.left, self.pending = left, pending  # [B, <=o, C, h, w], [B, p, C, h, w]
-
-    def _emit(self, n: int) -> torch.Tensor | None:
-        if n == 0:
-            return None
-        window = torch.cat([self.left, self.pending], dim=1)  # [B, l + p, C, h, w]
-        lo = self.left.shape[1]
-        frames = self.decode(window)[:, lo: lo + n]  # [B, n, 3, H, W]
-        emitted = torch.cat([self.left, self.pending[:, :n]], dim=1)
-        self.left = emitted[:, emitted.shape[1] - min(self.overlap, emitted.shape[1]):]
-        self.pending = self.pending[:, n:]
-        return frames
-
-    def push(self, latents: torch.Tensor) -> torch.Tensor | None:
-        self.pending = torch.cat([self.pending, latents], dim=1)
-        return self._emit(max(0, self.pending.shape[1] - self.overlap))
-
-    def flush(self) -> torch.Tensor | None:
-        return self._emit(self.pending.shape[1])
-
-
-def to_uint8(frames: torch.Tensor) -> np.ndarray:
-    """[1, n, 3, H, W] in [-1, 1] -> uint8 [n, H, W, 3]."""
-    x = ((frames[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return rearrange(x, "n c h w -> n h w c").cpu().numpy()
-
-
-class _Loop:
-    """One rollout's mutable state; methods are the steps of :func:`run_rollout`."""
-
-    def __init__(self, job: RolloutJob, models: RolloutModels, writer: ChunkWriter) -> None:
+    def __init__(self, job: RolloutJob, models: RolloutModels, writer: ChunkWriter | None) -> None:
         self.job, self.models, self.writer, self.plan = job, models, writer, job.plan
+        self.passes = models.passes(job.plan.interp_factor)
+        self.made: list[RolloutChunk] = []  # decoded since the caller last took them
         self.generator = torch.Generator().manual_seed(int(job.seed))
         self.segments_done = self.keys_done = self.frames_written = self.chunks = 0
         self.context: torch.Tensor | None = None
         self.decoder: StreamingDecoder | None = None
+        self.upsampler: StreamingUpsampler | None = None
+
+    def _new_upsampler(self, buffers: dict | None, like: torch.Tensor) -> StreamingUpsampler | None:
+        m = self.models
+        if m.upsample is None:
+            return None
+        if buffers is None:
+            return StreamingUpsampler.empty(m.upsample, m.upsample_chunk, m.upsample_context, like)
+        return StreamingUpsampler(m.upsample, m.upsample_chunk, m.upsample_context, buffers["low_context"],
+                                  buffers["hi_context"], buffers["pending"])
 
     def start(self, start_latents: torch.Tensor) -> None:
         keys = start_latents[:, : self.plan.num_key_frames]  # [1, S0', C, h, w]
@@ -161,29 +177,47 @@ class _Loop:
         self.segments_done, self.keys_done = state.segments_done, state.keys_done
         self.frames_written, self.chunks = state.frames_written, state.chunks_written
         self.context = state.context
-        left_n = min(self.models.decode_overlap, state.frames_written)
+        up = state.upsampler
+        decoded = state.frames_written + (0 if up is None else up["pending"].shape[1])
+        left_n = min(self.models.decode_overlap, decoded)
         tail = state.decode_tail
         self.decoder = StreamingDecoder(self.models.decode, self.models.decode_overlap,
                                         tail[:, :left_n], tail[:, left_n:])
+        if up is not None and self.models.upsample is None:
+            raise ValueError("the resume state holds upsampler buffers but no upsampler is loaded")
+        self.upsampler = None if up is None else self._new_upsampler(up, None)
         self.generator.set_state(state.generator_state)
 
-    def _outputs(self, keys: torch.Tensor, prev_key: torch.Tensor | None, first_key: int) -> torch.Tensor:
-        """Output-rate latents for new key frames ``keys`` [1,k,C,h,w] (interpolated when r > 1)."""
-        r, interp = self.plan.interp_factor, self.models.interpolate
-        if r == 1 or interp is None:
-            return keys
-        pieces = [] if prev_key is not None else [keys[:, :1]]
-        prev = prev_key if prev_key is not None else keys[:, :1]
-        for j in range(0 if prev_key is not None else 1, keys.shape[1]):
-            key_index = first_key + j
+    def _fill(self, seq: torch.Tensor, prev: torch.Tensor, base: int, spacing: int, r: int,
+              interpolate: Interpolate) -> torch.Tensor:
+        """One interpolation pass: ``seq`` [1,n,C,h,w] at output frames base + spacing * (1..n)
+        (``prev`` at ``base``) -> [1, n*r, C, h, w] at base + (spacing / r) * (1..n*r)."""
+        step, last, out = spacing // r, self.plan.num_output_frames - 1, []
+        for j in range(seq.shape[1]):
             # output frames of the pair; past the drive's end (surplus of the last pair) hold
-            idx = [min((key_index - 1) * r + i, self.plan.num_output_frames - 1) for i in range(r + 1)]
+            idx = [min(base + j * spacing + i * step, last) for i in range(r + 1)]
             cond = segment_condition(self.job.scenario, idx, self.plan.output_fps, 2)
-            pair = torch.cat([prev, keys[:, j: j + 1]], dim=1)  # [1, 2, C, h, w]
-            filled = interp(pair, cond, self.generator)  # [1, r + 1, C, h, w]
-            pieces.append(torch.cat([filled[:, 1:r], keys[:, j: j + 1]], dim=1))
-            prev = keys[:, j: j + 1]
-        return torch.cat(pieces, dim=1)
+            pair = torch.cat([prev, seq[:, j: j + 1]], dim=1)  # [1, 2, C, h, w]
+            filled = interpolate(pair, cond, self.generator)  # [1, r + 1, C, h, w]
+            out.append(torch.cat([filled[:, 1:r], seq[:, j: j + 1]], dim=1))
+            prev = seq[:, j: j + 1]
+        return torch.cat(out, dim=1)
+
+    def _outputs(self, keys: torch.Tensor, prev_key: torch.Tensor | None, first_key: int) -> torch.Tensor:
+        """Output-rate latents for new key frames ``keys`` [1,k,C,h,w]: each key-frame gap goes
+        through every interpolation pass as soon as both its ends exist (key i = output i * R)."""
+        if not self.passes:
+            return keys
+        head = []
+        if prev_key is None:  # the start frame is output frame 0 as it is
+            head, prev_key, keys, first_key = [keys[:, :1]], keys[:, :1], keys[:, 1:], first_key + 1
+        seq, spacing = keys, self.plan.interp_factor
+        base = (first_key - 1) * spacing  # output index of prev_key
+        for r, interpolate in self.passes:
+            if seq.shape[1]:
+                seq = self._fill(seq, prev_key, base, spacing, r, interpolate)
+            spacing //= r
+        return torch.cat([*head, seq], dim=1)
 
     def run_segment(self, k: int) -> None:
         span = self.plan.segment(k)
@@ -204,27 +238,52 @@ class _Loop:
         self.segments_done = k + 1
         self._write(out, final=k + 1 == self.plan.num_segments)
 
-    def _write(self, out_latents: torch.Tensor, final: bool) -> None:
-        remaining = self.plan.num_output_frames - self.frames_written - self.decoder.pending.shape[1]
+    def _in_flight(self) -> int:
+        """Output frames pushed into the stages but not written yet."""
+        up = 0 if self.upsampler is None else self.upsampler.pending.shape[1]
+        return self.decoder.pending.shape[1] + up
+
+    def _decoded(self, out_latents: torch.Tensor, final: bool) -> torch.Tensor | None:
+        remaining = self.plan.num_output_frames - self.frames_written - self._in_flight()
         parts = [self.decoder.push(out_latents[:, :max(0, remaining)])]
         if final:
             parts.append(self.decoder.flush())
         parts = [p for p in parts if p is not None]
-        if not parts:  # everything is still waiting for its right-hand decoder context
+        return torch.cat(parts, dim=1) if parts else None  # [1, n, 3, H, W]
+
+    def _upsampled(self, frames: torch.Tensor | None, final: bool) -> torch.Tensor | None:
+        if self.models.upsample is None:
+            return frames
+        if self.upsampler is None:
+            if frames is None:
+                return None
+            self.upsampler = self._new_upsampler(None, frames)
+        parts = [] if frames is None else [self.upsampler.push(frames, self.generator)]
+        if final:
+            parts.append(self.upsampler.flush(self.generator))
+        parts = [p for p in parts if p is not None]
+        return torch.cat(parts, dim=1) if parts else None
+
+    def _write(self, out_latents: torch.Tensor, final: bool) -> None:
+        frames = self._upsampled(self._decoded(out_latents, final), final)
+        if frames is None:  # everything is still waiting for its right-hand context
             return
-        frames = torch.cat(parts, dim=1)  # [1, n, 3, H, W]
         first, n = self.frames_written, frames.shape[1]
         boxes = self.job.scenario.frames_at(range(first, first + n), self.plan.output_fps)
-        self.writer.write(self.chunks, to_uint8(frames), boxes, first)
+        rgb = to_uint8(frames[0])  # [n, H, W, 3]
+        if self.writer is not None:
+            self.writer.write(self.chunks, rgb, boxes, first)
+        self.made.append(RolloutChunk(first, rgb, boxes))
         self.frames_written += n
         self.chunks += 1
 
     def state(self) -> RolloutState:
         tail = torch.cat([self.decoder.left, self.decoder.pending], dim=1)
+        up = None if self.upsampler is None else self.upsampler.buffers()
         return RolloutState(fingerprint=self.job.fingerprint, segments_done=self.segments_done,
                             keys_done=self.keys_done, frames_written=self.frames_written,
                             chunks_written=self.chunks, context=self.context, decode_tail=tail,
-                            generator_state=self.generator.get_state())
+                            generator_state=self.generator.get_state(), upsampler=up)
 
 
 def prepare_output(out_dir: Path, *, resume: bool, overwrite: bool) -> None:
@@ -237,43 +296,83 @@ def prepare_output(out_dir: Path, *, resume: bool, overwrite: bool) -> None:
     shutil.rmtree(out_dir / WORK_DIR, ignore_errors=True)
 
 
-@torch.no_grad()
-def run_rollout(job: RolloutJob, models: RolloutModels, start_latents: torch.Tensor | None, *,
-                resume: bool = False, overwrite: bool = False, progress: bool = True,
-                desc: str = "rollout", position: int | None = None) -> RolloutResult:
-    """Generate ``job.plan`` into ``job.out_dir`` (frames.mp4, clip.json, optional debug.mp4).
-
-    ``start_latents`` [1, S0, C, h, w] are the start frames (ignored when resuming).
-    ``desc`` / ``position``: the progress bar's label and terminal line (parallel drives).
-    """
-    out_dir, plan = Path(job.out_dir), job.plan
-    prepare_output(out_dir, resume=resume, overwrite=overwrite)
+def _begin(job: RolloutJob, models: RolloutModels, start_latents: torch.Tensor | None,
+           resume: bool, overwrite: bool) -> tuple[_Loop, int | None]:
+    """The loop at its first unfinished segment: started from ``start_latents`` or restored."""
+    plan, out_dir = job.plan, job.out_dir
+    if resume and out_dir is None:
+        raise ValueError("resume needs an output folder")
+    if out_dir is not None:
+        prepare_output(Path(out_dir), resume=resume, overwrite=overwrite)
     job.scenario.check_duration(plan.num_output_frames, plan.output_fps)
-    writer = ChunkWriter(out_dir, fps=plan.output_fps, debug=job.debug_video)
-    loop, state_path, resumed_from = _Loop(job, models, writer), out_dir / WORK_DIR / STATE_NAME, None
+    writer = None if out_dir is None else ChunkWriter(out_dir, fps=plan.output_fps, debug=job.debug_video)
+    loop = _Loop(job, models, writer)
     if resume:
-        state = load_state(state_path, job.fingerprint)
+        state = load_state(Path(out_dir) / WORK_DIR / STATE_NAME, job.fingerprint)
         writer.discard_from(state.chunks_written)  # chunks after the last state: redo them
         loop.restore(state)
-        resumed_from = state.segments_done
-    else:
-        if start_latents is None or start_latents.ndim != 5 or start_latents.shape[0] != 1:
-            raise ValueError("start_latents must be [1, S0, C, h, w]")
-        loop.start(start_latents)
-        save_state(state_path, loop.state())
+        return loop, state.segments_done
+    if start_latents is None or start_latents.ndim != 5 or start_latents.shape[0] != 1:
+        raise ValueError("start_latents must be [1, S0, C, h, w]")
+    loop.start(start_latents)
+    if writer is not None:
+        save_state(Path(out_dir) / WORK_DIR / STATE_NAME, loop.state())
+    return loop, None
+
+
+@torch.no_grad()
+def iter_rollout(job: RolloutJob, models: RolloutModels, start_latents: torch.Tensor | None, *,
+                 resume: bool = False, overwrite: bool = False, progress: bool = True,
+                 desc: str = "rollout", position: int | None = None
+                 ) -> Generator[RolloutChunk, None, RolloutResult]:
+    """Generate ``job.plan``, yielding each decoded :class:`RolloutChunk` in order.
+
+    With ``job.out_dir`` the chunks also go to ``frames.mp4`` / ``clip.json`` (and
+    ``debug.mp4``) there, with resume states; the generator returns the
+    :class:`RolloutResult`. ``start_latents`` [1, S0, C, h, w] are the start frames
+    (ignored when resuming). ``desc`` / ``position``: the progress bar's label and line.
+    """
+    plan = job.plan
+    loop, resumed_from = _begin(job, models, start_latents, resume, overwrite)
+    state_path = None if job.out_dir is None else Path(job.out_dir) / WORK_DIR / STATE_NAME
     bar = tqdm(total=plan.num_output_frames, initial=loop.frames_written, unit="frame",
                desc=desc, position=position, disable=not progress, dynamic_ncols=True)
     try:
+        yield from _take(loop)
         for k in range(loop.segments_done, plan.num_segments):
             loop.run_segment(k)
             bar.set_postfix_str(f"segment {k + 1}/{plan.num_segments}", refresh=False)
             bar.update(loop.frames_written - bar.n)
-            if (k + 1) % job.save_every == 0 and k + 1 < plan.num_segments:
+            if state_path is not None and (k + 1) % job.save_every == 0 and k + 1 < plan.num_segments:
                 save_state(state_path, loop.state())
+            yield from _take(loop)
     finally:
         bar.close()
-    n = finalize_outputs(writer, loop.chunks, overwrite=True)
-    write_clip_json(out_dir, writer, loop.chunks, fps=plan.output_fps, num_frames=n,
-                    scenario=job.scenario, metadata=job.metadata)
-    writer.remove_work()
-    return RolloutResult(out_dir, n, plan.num_segments, resumed_from)
+    n = loop.frames_written
+    if loop.writer is not None:
+        n = finalize_outputs(loop.writer, loop.chunks, overwrite=True)
+        write_clip_json(Path(job.out_dir), loop.writer, loop.chunks, fps=plan.output_fps, num_frames=n,
+                        scenario=job.scenario, metadata=job.metadata)
+        loop.writer.remove_work()
+    return RolloutResult(None if job.out_dir is None else Path(job.out_dir), n, plan.num_segments,
+                         resumed_from)
+
+
+def _take(loop: _Loop) -> list[RolloutChunk]:
+    made, loop.made = loop.made, []
+    return made
+
+
+def run_rollout(job: RolloutJob, models: RolloutModels, start_latents: torch.Tensor | None, *,
+                resume: bool = False, overwrite: bool = False, progress: bool = True,
+                desc: str = "rollout", position: int | None = None) -> RolloutResult:
+    """Generate ``job.plan`` into ``job.out_dir`` (frames.mp4, clip.json, optional debug.mp4)."""
+    if job.out_dir is None:
+        raise ValueError("run_rollout writes files: the job needs out_dir (use iter_rollout to stream)")
+    chunks = iter_rollout(job, models, start_latents, resume=resume, overwrite=overwrite,
+                          progress=progress, desc=desc, position=position)
+    while True:
+        try:
+            next(chunks)
+        except StopIteration as done:
+            return done.value

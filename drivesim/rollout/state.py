@@ -22,9 +22,9 @@ import torch
 
 from drivesim.utils.io import DriveSimInputError, atomic_path
 
-# 2: the chunk writer's x264 GOP size became a constant (session 7). A version-1 folder's chunks carry
-# other encoder settings (and a 1-frame chunk 0 an intra-only SPS), so resuming one would not give the
-# bytes of a fresh run; it is refused, and --overwrite starts over.
+# 2: the chunk writer's x264 GOP size is a constant. A version-1 folder's chunks carry other encoder
+# settings (and a 1-frame chunk 0 an intra-only SPS), so resuming one would not give the bytes of a
+# fresh run; it is refused, and --overwrite starts over.
 STATE_VERSION = 2
 
 
@@ -61,6 +61,8 @@ class RolloutState:
     context: torch.Tensor  # [B, S, C, h, w] last key latents (next segment's context)
     decode_tail: torch.Tensor  # [B, o, C, h, w] latents kept for overlapping decoding
     generator_state: torch.Tensor  # torch.Generator.get_state()
+    # the streaming upsampler's buffers (pending low-res frames, low/hi context), None without one
+    upsampler: dict[str, torch.Tensor | None] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"version": STATE_VERSION, "fingerprint": self.fingerprint,
@@ -68,7 +70,9 @@ class RolloutState:
                 "frames_written": self.frames_written, "chunks_written": self.chunks_written,
                 "context": self.context.detach().cpu().clone(),
                 "decode_tail": self.decode_tail.detach().cpu().clone(),
-                "generator_state": self.generator_state.clone()}
+                "generator_state": self.generator_state.clone(),
+                "upsampler": None if self.upsampler is None else
+                {k: (None if v is None else v.detach().cpu().clone()) for k, v in self.upsampler.items()}}
 
 
 def save_state(path: str | Path, state: RolloutState) -> None:
@@ -100,4 +104,5 @@ def load_state(path: str | Path, expected_fingerprint: str) -> RolloutState:
     return RolloutState(fingerprint=doc["fingerprint"], segments_done=int(doc["segments_done"]),
                         keys_done=int(doc["keys_done"]), frames_written=int(doc["frames_written"]),
                         chunks_written=int(doc["chunks_written"]), context=doc["context"],
-                        decode_tail=doc["decode_tail"], generator_state=doc["generator_state"])
+                        decode_tail=doc["decode_tail"], generator_state=doc["generator_state"],
+                        upsampler=doc.get("upsampler"))

@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 from collections.abc import Iterator
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -28,42 +27,30 @@ import numpy as np
 from drivesim.data import labels as L
 from drivesim.data.boxes import draw_boxes
 from drivesim.data.clip_format import CLIP_JSON, SCHEMA
+from drivesim.data.video_io import VideoWriter
 from drivesim.rollout.scenario import Scenario, ScenarioFrames
 from drivesim.utils.io import atomic_path, atomic_write_text
 
 WORK_DIR = ".rollout"
 VIDEO_NAME = "frames.mp4"
 DEBUG_NAME = "debug.mp4"
-CRF = "18"
+CRF = 18
 # one key frame per chunk (a chunk is a segment, far shorter) and a GOP size that does not depend on
 # the chunk length: x264 derives SPS fields from it (a 1-frame chunk got an intra-only SPS), and the
 # concatenated file carries chunk 0's SPS for every chunk
 GOP_SIZE = 1024
 
 
-def fps_fraction(fps: float) -> Fraction:
-    return Fraction(fps).limit_denominator(1001)
-
-
 def encode_chunk(path: Path, frames: np.ndarray, fps: float) -> None:
     """Encode uint8 frames ``[n, H, W, 3]`` (RGB) to a standalone H.264 mp4, atomically."""
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"frames must be uint8 [n, H, W, 3], got {frames.dtype} {frames.shape}")
-    with atomic_path(path, overwrite=True) as tmp:
-        with av.open(str(tmp), "w", format="mp4") as container:
-            stream = container.add_stream("libx264", rate=fps_fraction(fps))
-            stream.height, stream.width = frames.shape[1], frames.shape[2]
-            stream.pix_fmt = "yuv420p"
-            # determinism: one thread, no B-frames (dts == pts, chunks concatenate cleanly)
-            stream.codec_context.thread_count = 1
-            stream.codec_context.max_b_frames = 0
-            stream.codec_context.gop_size = GOP_SIZE
-            stream.options = {"crf": CRF, "preset": "veryfast"}
-            for frame in frames:
-                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                    container.mux(packet)
-            for packet in stream.encode():
-                container.mux(packet)
+    # the one H.264 encoder (drivesim.data.video_io); a fixed GOP, one thread and no B-frames
+    # make the same frames give the same bytes, so chunks concatenate and resume byte-identically
+    with VideoWriter(path, fps, crf=CRF, preset="veryfast", gop=GOP_SIZE, backend="pyav",
+                     overwrite=True) as writer:
+        for frame in frames:
+            writer.write(frame)
 
 
 def concat_chunks(chunks: list[Path], out_path: Path, *, overwrite: bool) -> int:

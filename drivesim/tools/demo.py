@@ -25,8 +25,8 @@ _TRAIN_MINUTES = {"autoencoder": 3.5, "autoencoder_temporal": 0.5, "image_ldm": 
 # The demo's world: dense traffic close to the camera (the tiny configs' synthetic source
 # uses the same), so the scenario's vehicles are large enough to see at 64x128.
 _TRAFFIC = ["--traffic-range", "60"]
-# Box guidance 2 in the rollouts: oracle box recall 0.15 -> 0.40, precision 0.65 -> 0.73 on the
-# session-5 demo models, for ~35% more rollout time (a third guidance branch; docs/benchmarks.md).
+# Box guidance 2 in the rollouts: oracle box recall 0.15 -> 0.40, precision 0.65 -> 0.73 with the
+# same demo models, for a third guidance branch (rollout stage 75 -> 89 s; docs/benchmarks.md).
 _BOX_GUIDANCE = ["--guidance-boxes", "2"]
 _BUDGET_AT = 20.0
 VIDEO_CONFIG = "configs/video_ldm/tiny.yaml"

@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from drivesim.data.latent_cache import DTYPES, LatentEncoder, encode_dataset
-from drivesim.models.autoencoder import AutoencoderKL, load_autoencoder
+from drivesim.inference import load_model
+from drivesim.models.autoencoder import AutoencoderKL
 
 
 def autoencoder_hash(ae: AutoencoderKL) -> str:
@@ -48,7 +49,7 @@ def encode_with_autoencoder(ckpt: str | Path, data: str | Path, out: str | Path,
                             clips_per_shard: int = 8, batch_frames: int = 16, dtype: str = "float32",
                             device: str = "cpu", overwrite: bool = False, progress: bool = True) -> dict:
     """Encode ``data`` into ``out`` with the autoencoder model file ``ckpt`` (see ``encode_dataset``)."""
-    ae = load_autoencoder(ckpt).to(device).eval()
+    ae = load_model(ckpt, "autoencoder", device=device).network
     return encode_dataset(latent_encoder(ae), data, out, splits=splits, size=size,
                           clips_per_shard=clips_per_shard, batch_frames=batch_frames, dtype=dtype,
                           overwrite=overwrite, progress=progress)

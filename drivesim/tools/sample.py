@@ -27,7 +27,7 @@ from drivesim.utils.io import DriveSimInputError, atomic_write_bytes, atomic_wri
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ckpt", required=True,
-                        help="LatentDiffusionModule checkpoint (.ckpt) or the exported model file")
+                        help="diffusion model file (.safetensors / .pt) or Lightning .ckpt")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--boxes", help="boxes.json (see the module docstring for the schema)")
     source.add_argument("--synthetic", type=int, metavar="SEED", help="boxes from the synthetic world")
@@ -129,8 +129,25 @@ def _write_sample(out: Path, index: int, frames: np.ndarray, boxes: dict, draw: 
     return names
 
 
+def _load(args: argparse.Namespace):
+    """(diffusion record, autoencoder) through the one loader; the autoencoder defaults to the
+    one the diffusion model was trained with (recorded in its model file)."""
+    from drivesim.inference import load_model
+
+    model = load_model(args.ckpt, device=args.device)
+    if model.role == "autoencoder":
+        raise DriveSimInputError("expected a diffusion model file, got an autoencoder", path=args.ckpt,
+                                 field="--ckpt")
+    ae_path = args.autoencoder or model.hparams.get("autoencoder_path")
+    if not ae_path or not Path(ae_path).is_file():
+        raise DriveSimInputError("no autoencoder to decode with: the model file names none or it moved; "
+                                 "pass --autoencoder", path=args.ckpt, field="autoencoder_path", value=ae_path)
+    return model, load_model(ae_path, "autoencoder", device=args.device).network
+
+
 def run(args: argparse.Namespace) -> int:
-    from drivesim.training.diffusion_module import LatentDiffusionModule
+    from drivesim.inference import guidance_scales, sample
+    from drivesim.models.conditioning import Conditioning
     from drivesim.training.sample_grid import frames_to_uint8
 
     out = Path(args.out)
@@ -144,10 +161,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         per_sample = [boxes_from_world(args.synthetic + i, args.frames, night) for i in range(args.n)]
     boxes = stack_boxes(per_sample, args.max_boxes)
-    module = LatentDiffusionModule.from_checkpoint(args.ckpt, args.autoencoder, args.device)
-    if module.autoencoder is None:
-        raise DriveSimInputError("no autoencoder to decode with: the checkpoint's autoencoder_path "
-                                 "is missing; pass --autoencoder", path=args.ckpt, field="autoencoder_path")
+    model, ae = _load(args)
+    latent_hw = model.latent_size or (8, 16)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for start in range(0, args.n, args.batch_size):
@@ -155,11 +170,13 @@ def run(args: argparse.Namespace) -> int:
         b = idx.stop - idx.start
         batch = {k: v[idx] for k, v in boxes.items()}
         batch |= {"daynight": torch.full((b,), daynight_id(args.daynight)),
-                  "crowd": torch.full((b,), CROWD_NAMES.index(args.crowd)),
-                  "steps": args.steps, "guidance": args.guidance, "seed": args.seed + start,
-                  "sampler": args.sampler}
+                  "crowd": torch.full((b,), CROWD_NAMES.index(args.crowd))}
+        cond = Conditioning.from_batch(batch)
+        latents = sample(model, cond, batch["boxes"].shape[1], latent_hw, steps=args.steps,
+                         sampler=args.sampler, scales=guidance_scales(cond, labels=args.guidance, boxes=args.guidance),
+                         generator=torch.Generator().manual_seed(args.seed + start), batch_size=b)
         with torch.no_grad():
-            frames = frames_to_uint8(module.predict_step(batch))
+            frames = frames_to_uint8(ae.decode_latents(latents).clamp(-1, 1))
         for j in range(b):
             written += _write_sample(out, start + j, frames[j], boxes, args.draw_boxes)
     atomic_write_json(out / "samples.json", {

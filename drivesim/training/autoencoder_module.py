@@ -1,15 +1,15 @@
-"""Lightning glue for the autoencoder stages (DESIGN stage 1 and 1b).
+"""Lightning glue for the autoencoder stages 1 and 1b (docs/architecture.md, "Pipeline stages").
 
-- ``stage="image"``: the per-frame KL autoencoder with a 2D PatchGAN (LDM recipe).
-- ``stage="temporal"``: initialised from an image-stage model file (``init_from``), the
-  encoder is frozen, the decoder gains 3D-conv temporal blocks, and only the 3D video
-  discriminator judges T-frame clips (Video LDM Sec. 3.1.1).
+- ``stage="image"``: trains the configured :class:`AutoencoderKL` (``autoencoder``, a ``class_path``
+  block) per frame, judged by a 2D PatchGAN (LDM recipe).
+- ``stage="temporal"``: the autoencoder of an image-stage model file (``init_from``) gains a
+  temporal decoder (``temporal_kernel``, ``temporal_spatial_kernel``); the encoder is frozen and
+  only the 3D video discriminator judges T-frame clips (Video LDM Sec. 3.1.1).
 
-Loss per frame (LDM ``LPIPSWithDiscriminator``, without the learned log-variance):
-``L = sum|x - x_hat| (+ w_p LPIPS) + w_kl KL + lambda_adv * disc_weight * (-E[D(x_hat)])``, with
-``lambda_adv = ||grad_last L_rec|| / (||grad_last L_gan|| + 1e-4)`` at the last decoder layer and the
-GAN terms switched on from ``disc_start`` training steps. Two optimizers, manual optimisation
-(so ``trainer.max_steps`` counts optimizer steps: 1 per batch before ``disc_start``, 2 after).
+The losses are the pure functions of :mod:`drivesim.models.autoencoder_losses`; this module draws
+their randomness from the step's generator, switches the GAN on at ``disc_start`` training
+steps and steps the two optimizers by hand (so ``trainer.max_steps`` counts optimizer steps:
+1 per batch before ``disc_start``, 2 after).
 """
 
 from __future__ import annotations
@@ -32,145 +32,87 @@ from drivesim.models.autoencoder import (
     DiagonalGaussian,
     estimate_scale_factor,
 )
-from drivesim.models.discriminators import PatchDiscriminator2d, VideoDiscriminator3d, hinge_d_loss
-from drivesim.models.lpips import load_lpips
-from drivesim.training.budget import budget_progress, check_schedule, lr_factor, make_adam
-from drivesim.training.checkpoints import (
-    attach_model_to_checkpoint,
-    load_model_file,
-    save_model_file,
+from drivesim.models.autoencoder_losses import (
+    NOISE_MODES,
+    LossWeights,
+    add_latent_noise,
+    flicker,
+    generator_loss,
+    hinge_d_loss,
 )
+from drivesim.models.compile import check_compile_mode, compile_network
+from drivesim.models.discriminators import PatchDiscriminator2d, VideoDiscriminator3d
+from drivesim.models.lpips import LPIPS, load_lpips
+from drivesim.training.budget import budget_progress, check_schedule, lr_factor, make_adam
+from drivesim.training.checkpoints import attach_model_to_checkpoint, save_model_file
 from drivesim.training.rng import step_generator
+from drivesim.training.stage_networks import stage_autoencoder
 from drivesim.utils.io import DriveSimInputError
 
 STAGES = ("image", "temporal")
-NOISE_MODES = ("fixed", "uniform")
-_SHAPE_KEYS = ("base_channels", "ch_mult", "num_res_blocks", "latent_channels", "in_channels", "patch_size")
-
-
-def flicker(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Temporal flicker: mean |(x_hat[t+1] - x_hat[t]) - (x[t+1] - x[t])| over ``[B, T, 3, H, W]`` (T >= 2),
-    in the units of the inputs; it is zero when the errors are constant in time."""
-    if recon.shape[1] < 2:
-        raise ValueError(f"flicker needs T >= 2 frames, got shape {tuple(recon.shape)}")
-    return _frame_change_error(recon, target).mean()
-
-
-def _frame_change_error(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """|(x_hat[t+1] - x_hat[t]) - (x[t+1] - x[t])| per pixel, ``[B, T - 1, C, H, W]``."""
-    return ((recon[:, 1:] - recon[:, :-1]) - (target[:, 1:] - target[:, :-1])).abs()
-
-
-def flicker_split(recon: torch.Tensor, target: torch.Tensor, threshold: float = 0.03) -> tuple[torch.Tensor, ...]:
-    """The flicker metric on pixels whose true change ``max_c |x[t+1] - x[t]|`` is at most ``threshold``
-    ("static": content that barely changes, so any error change there is the decoder's own flicker)
-    and on the others ("moving"), plus the moving fraction of pixels; ``[B, T, 3, H, W]`` in [0, 1].
-    A mean over an empty set is NaN."""
-    if recon.shape != target.shape or recon.ndim != 5 or recon.shape[1] < 2:
-        raise ValueError(f"flicker_split needs two equal [B, T >= 2, C, H, W] tensors, got {tuple(recon.shape)} "
-                         f"and {tuple(target.shape)}")
-    err = _frame_change_error(recon, target)
-    moving = ((target[:, 1:] - target[:, :-1]).abs().amax(dim=2, keepdim=True) > threshold).expand_as(err)
-    nan = torch.tensor(float("nan"))
-    static_err, moving_err = err[~moving], err[moving]
-    return (static_err.mean() if static_err.numel() else nan, moving_err.mean() if moving_err.numel() else nan,
-            moving.float().mean())
-
-
-def adaptive_weight(rec_loss: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.Tensor) -> torch.Tensor:
-    """LDM adaptive GAN weight ||grad rec|| / (||grad gan|| + 1e-4) at ``last_layer``, clamped to [0, 1e4]."""
-    rec_grad = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0]
-    g_grad = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
-    return (rec_grad.norm() / (g_grad.norm() + 1e-4)).clamp(0.0, 1e4).detach()
 
 
 class AutoencoderModule(LightningModule):
-    """Trains :class:`AutoencoderKL`; the constructor arguments are the YAML config.
+    """Trains an :class:`AutoencoderKL`; the constructor arguments are the YAML config.
 
-    ``train_crop: [h, w]`` trains on one random window per batch (multiples of the downsampling
-    factor; validation uses full frames). ``warmup_steps`` / ``lr_decay_fraction``: the budget
-    schedule of both optimizers (``training/budget.py``: linear decay over the last fraction
-    of ``max_steps`` or ``max_time``, whichever ends first). ``flicker_weight`` (temporal stage,
-    beyond the paper) adds ``w * sum |(x_hat[t+1] - x_hat[t]) - (x[t+1] - x[t])|`` per frame pair, a
-    direct penalty on the flicker metric next to the video discriminator. ``latent_noise``
-    (beyond the paper) decodes ``z + s * std_c(z) * eps`` in training (robust decoder; std per latent
-    channel; s = ``latent_noise``, or per sample U(0, ``latent_noise``) with ``latent_noise_mode:
-    uniform``). ``l2_weight`` adds ``w_2 * sum (x - x_hat)^2`` to the per-frame L1 sum:
-    PSNR is a squared error, and the squared term weighs the large errors (lamps, tail lights,
-    lane edges) that L1 leaves blurred. ``spatial_lr_scale`` (temporal stage with a trainable spatial
-    decoder): the spatial decoder layers train at ``learning_rate * spatial_lr_scale``, the temporal
-    blocks and alpha at ``learning_rate``.
+    The network: ``autoencoder`` (image stage) or the model file ``init_from`` (temporal stage,
+    or an image stage continued), never both (``training/stage_networks.py``). The rest are
+    training settings:
+
+    - losses (``models/autoencoder_losses.py``): ``kl_weight``, ``l2_weight`` (adds ``w_2 * sum
+      (x - x_hat)^2`` per frame to the L1 sum: PSNR is a squared error, and the squared term weighs
+      the large errors, lamps, tail lights, lane edges, that L1 leaves blurred), ``lpips_path`` +
+      ``lpips_weight``, ``flicker_weight`` (temporal stage, beyond the paper: ``w * sum |(x_hat[t+1]
+      - x_hat[t]) - (x[t+1] - x[t])|`` per frame pair, the flicker metric as a loss), ``disc_weight``,
+      ``disc_start``, ``disc_channels``, ``disc_layers``;
+    - ``latent_noise`` / ``latent_noise_mode`` (beyond the paper): the decoder sees ``z + s * std_c(z)
+      * eps`` in training, s = ``latent_noise`` (``fixed``) or per sample U(0, ``latent_noise``)
+      (``uniform``); the tiny configs keep 0.4, whose latents the demo's LDMs learn (docs/autoencoder.md);
+    - ``train_crop: [h, w]``: one random window per batch (multiples of the downsampling factor;
+      validation uses full frames);
+    - optimisers: ``learning_rate``, ``disc_learning_rate``, ``warmup_steps`` / ``lr_decay_fraction``
+      (the budget schedule of both, ``training/budget.py``), ``spatial_lr_scale`` (temporal stage with a
+      trainable spatial decoder: its spatial layers train at ``learning_rate * spatial_lr_scale``),
+      ``freeze_spatial_decoder`` (temporal stage: only the temporal blocks and alpha train);
+    - ``compile`` / ``compile_mode``: ``torch.compile`` the encoder and decoder in place
+      (``models/compile.py``); ``scale_batches``, ``model_file``, ``overwrite``, ``seed``.
     """
 
-    def __init__(self, stage: str = "image", base_channels: int = 128, ch_mult: Sequence[int] = (1, 2, 2, 4),
-                 num_res_blocks: int = 2, latent_channels: int = 4, temporal_kernel: int = 3,
-                 temporal_spatial_kernel: int = 3, patch_size: int = 1, logvar_init: float = 0.0,
-                 dropout: float = 0.0, learning_rate: float = 4.5e-6, disc_learning_rate: float | None = None,
-                 kl_weight: float = 1e-6, lpips_path: str | None = None, lpips_weight: float = 1.0,
+    def __init__(self, autoencoder: AutoencoderKL | None = None, stage: str = "image", init_from: str | None = None,
+                 temporal_kernel: int | None = None, temporal_spatial_kernel: int | None = None,
+                 freeze_spatial_decoder: bool = False, learning_rate: float = 4.5e-6,
+                 disc_learning_rate: float | None = None, kl_weight: float = 1e-6, l2_weight: float = 0.0,
+                 lpips_path: str | None = None, lpips_weight: float = 1.0, flicker_weight: float = 0.0,
                  disc_weight: float = 0.5, disc_start: int = 50001, disc_channels: int = 64, disc_layers: int = 3,
-                 init_from: str | None = None, freeze_spatial_decoder: bool = False, scale_batches: int = 4,
-                 model_file: str | None = None, overwrite: bool = False, seed: int = 0,
-                 train_crop: Sequence[int] | None = None, warmup_steps: int = 0,
-                 lr_decay_fraction: float = 0.0, flicker_weight: float = 0.0, latent_noise: float = 0.0,
-                 latent_noise_mode: str = "fixed", l2_weight: float = 0.0,
-                 spatial_lr_scale: float = 1.0) -> None:
+                 latent_noise: float = 0.0, latent_noise_mode: str = "fixed", train_crop: Sequence[int] | None = None,
+                 warmup_steps: int = 0, lr_decay_fraction: float = 0.0, spatial_lr_scale: float = 1.0,
+                 scale_batches: int = 4, model_file: str | None = None, overwrite: bool = False, seed: int = 0,
+                 compile: bool = False, compile_mode: str = "default") -> None:
         super().__init__()
-        if stage not in STAGES:
-            raise DriveSimInputError(f"stage must be one of {STAGES}", field="stage", value=stage)
-        check_schedule(warmup_steps, lr_decay_fraction)
-        for name, value in (("flicker_weight", flicker_weight), ("latent_noise", latent_noise),
-                            ("l2_weight", l2_weight), ("spatial_lr_scale", spatial_lr_scale)):
-            if not value >= 0.0:
-                raise DriveSimInputError(f"{name} must be >= 0", field=name, value=value)
-        if latent_noise_mode not in NOISE_MODES:
-            raise DriveSimInputError(f"latent_noise_mode must be one of {NOISE_MODES}", field="latent_noise_mode",
-                                     value=latent_noise_mode)
-        if train_crop is not None:
-            train_crop = [int(v) for v in train_crop]
-            f = patch_size * 2 ** (len(ch_mult) - 1)
-            if len(train_crop) != 2 or min(train_crop) < f or any(v % f for v in train_crop):
-                raise DriveSimInputError(f"train_crop must be [height, width], multiples of the downsampling "
-                                         f"factor f={f}", field="train_crop", value=train_crop)
-        if stage == "temporal" and not init_from:
-            raise DriveSimInputError("the temporal stage starts from an image-stage model file; set init_from",
-                                     field="init_from", value=init_from)
-        self.save_hyperparameters()
+        _check_settings(stage, warmup_steps, lr_decay_fraction, latent_noise_mode, compile_mode,
+                        flicker_weight=flicker_weight, latent_noise=latent_noise, l2_weight=l2_weight,
+                        spatial_lr_scale=spatial_lr_scale)
+        self.save_hyperparameters(ignore=["autoencoder"])
         self.automatic_optimization = False
-        self.autoencoder = AutoencoderKL(base_channels, ch_mult, num_res_blocks, latent_channels, dropout=dropout,
-                                         temporal_decoder=stage == "temporal", temporal_kernel=temporal_kernel,
-                                         temporal_spatial_kernel=temporal_spatial_kernel, patch_size=patch_size,
-                                         logvar_init=logvar_init)
-        if init_from:
-            self._init_from(Path(init_from))
+        self.autoencoder = stage_autoencoder(stage, autoencoder, init_from, temporal_kernel, temporal_spatial_kernel)
+        if train_crop is not None:
+            self.hparams.train_crop = _check_crop(train_crop, self.autoencoder.downsample_factor)
         disc_cls = VideoDiscriminator3d if stage == "temporal" else PatchDiscriminator2d
         self.discriminator = disc_cls(3, disc_channels, disc_layers)
-        self._lpips = [load_lpips(lpips_path)] if lpips_path else []  # a list: kept out of the state dict
+        self._lpips: list[LPIPS] = [load_lpips(lpips_path)] if lpips_path else []  # a list: kept out of the state dict
+        self._weights = LossWeights(kl=kl_weight, l2=l2_weight, lpips=lpips_weight, flicker=flicker_weight,
+                                    disc=disc_weight)
         self._frozen = self._freeze()
         self.register_buffer("train_steps", torch.zeros((), dtype=torch.long))
         self.register_buffer("latent_var_ema", torch.tensor(math.nan))
         self.val_psnr = PeakSignalNoiseRatio(data_range=1.0, dim=(1, 2, 3))
         self.val_ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
         self.val_flicker = MeanMetric()
+        if compile:
+            compile_network(self.autoencoder.encoder, compile_mode)
+            compile_network(self.autoencoder.decoder, compile_mode)
 
     # ----------------------------------------------------------------- setup
-    def _init_from(self, path: Path) -> None:
-        """Load image- (or temporal-) stage weights; the spatial architecture must match exactly."""
-        hparams, state = load_model_file(path, MODEL_KIND)
-        ours = self.autoencoder.hparams
-        for key in _SHAPE_KEYS:
-            if key in hparams and hparams[key] != ours[key]:
-                raise DriveSimInputError(f"init_from has {key}={hparams[key]!r} but this config has {ours[key]!r}",
-                                         path=path, field=key, value=hparams[key])
-        try:
-            missing, unexpected = self.autoencoder.load_state_dict(state, strict=False)
-        except RuntimeError as err:  # tensor shapes disagree
-            raise DriveSimInputError(f"weights do not fit: {str(err)[:300]}", path=path, field="state_dict") from err
-        temporal_names = {n for n, _ in self.autoencoder.named_parameters() if "temporal" in n}
-        bad_missing = [k for k in missing if k not in temporal_names]
-        if bad_missing or unexpected:
-            raise DriveSimInputError(f"weights do not fit: missing {bad_missing[:4]}, unexpected {unexpected[:4]}",
-                                     path=path, field="state_dict")
-
     def _freeze(self) -> list[torch.nn.Module]:
         """Temporal stage: freeze encoder (+ spatial decoder layers when asked); returns frozen modules."""
         if self.hparams.stage != "temporal":
@@ -187,10 +129,11 @@ class AutoencoderModule(LightningModule):
         return frozen
 
     def _adaptive_layer(self) -> torch.Tensor:
+        """The last trainable decoder layer, where the adaptive GAN weight compares gradients."""
         last = self.autoencoder.decoder_last_layer()
         if last.requires_grad:
             return last
-        return self.autoencoder.decoder.temporal_mixes()[-1].block.conv2.weight  # last trainable layer
+        return self.autoencoder.decoder.temporal_mixes()[-1].block.conv2.weight
 
     def configure_optimizers(self):
         hp = self.hparams
@@ -228,10 +171,10 @@ class AutoencoderModule(LightningModule):
         for module in self._frozen:
             module.eval()
 
-    def _rng(self, device: torch.device) -> torch.Generator:
-        """Posterior-sample noise of this training step: a pure function of (seed, step, rank),
-        so a resumed run draws what an uninterrupted one would (training/rng.py)."""
-        return step_generator(self.hparams.seed, int(self.train_steps), self.global_rank)
+    def _rng(self, seed_offset: int = 0) -> torch.Generator:
+        """The training step's generator: a pure function of (seed, step, rank), so a resumed run
+        draws what an uninterrupted one would (training/rng.py)."""
+        return step_generator(self.hparams.seed + seed_offset, int(self.train_steps), self.global_rank)
 
     # ----------------------------------------------------------------- losses
     def _posterior(self, x: torch.Tensor) -> DiagonalGaussian:
@@ -240,64 +183,25 @@ class AutoencoderModule(LightningModule):
                 return self.autoencoder.encode(x)
         return self.autoencoder.encode(x)
 
-    def _rec_loss(self, x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
-        """Per-frame sum of |x - x_hat| (+ w_2 (x - x_hat)^2) (+ w_p * LPIPS per pixel), averaged
-        over frames (LDM, with an optional squared term)."""
-        frames = x.shape[0] * x.shape[1]
-        diff = x - recon
-        rec = diff.abs().sum() / frames
-        if self.hparams.l2_weight:
-            rec = rec + self.hparams.l2_weight * diff.pow(2).sum() / frames
-        if self._lpips:
-            lpips = self._lpips[0].to(x.device)
-            rec = rec + self.hparams.lpips_weight * lpips(x, recon).sum() * x[0, 0].numel() / frames
-        return rec
+    def _gan_on(self) -> bool:
+        return int(self.train_steps) >= self.hparams.disc_start
 
     def _generator_losses(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """``(loss, reconstruction, logs)`` of a training batch ``x [B, T, 3, H, W]``: the posterior
+        sample and the latent noise are drawn from the step's generator, in that order."""
         hp = self.hparams
         posterior = self._posterior(x)
-        gen = self._rng(x.device)
+        gen = self._rng()
         z = posterior.sample(gen)
-        recon = self.autoencoder.decode(self._noisy_latents(z, gen)).float()  # float32 losses under bf16-mixed
-        rec = self._rec_loss(x, recon)
-        kl = posterior.kl().mean()
-        loss = rec + hp.kl_weight * kl
-        logs = {"rec_loss": rec.detach(), "kl": kl.detach(), "l1": (x - recon).abs().mean().detach()}
-        if hp.flicker_weight > 0 and x.shape[1] > 1:
-            # sum over pixels of |(x_hat[t+1] - x_hat[t]) - (x[t+1] - x[t])| per frame pair: the
-            # flicker metric in the units of the per-frame L1 sum
-            diff = _frame_change_error(recon, x)
-            temporal = diff.sum() / (diff.shape[0] * diff.shape[1])
-            loss = loss + hp.flicker_weight * temporal
-            logs["flicker_loss"] = temporal.detach()
-        if int(self.train_steps) >= hp.disc_start:
-            g_loss = -self.discriminator(recon).mean()
-            weight = adaptive_weight(rec, g_loss, self._adaptive_layer()) * hp.disc_weight
-            loss = loss + weight * g_loss
-            logs.update(g_loss=g_loss.detach(), d_weight=weight)
+        z_in = add_latent_noise(z, hp.latent_noise, gen, hp.latent_noise_mode)
+        recon = self.autoencoder.decode(z_in).float()  # float32 losses under bf16-mixed
+        gan = self._gan_on()
+        lpips = self._lpips[0].to(x.device) if self._lpips else None
+        loss, logs = generator_loss(x, recon, posterior, self._weights, lpips=lpips,
+                                    discriminator=self.discriminator if gan else None,
+                                    last_layer=self._adaptive_layer() if gan else None)
         self._track_latent_variance(z.detach())
         return loss, recon, logs
-
-    def _noisy_latents(self, z: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """z + s * std_c(z) * eps, with std_c the batch std of each latent channel c (detached) and the
-        level s = ``latent_noise`` (mode ``fixed``) or, per sample, s ~ U(0, ``latent_noise``) (mode
-        ``uniform``): the decoder learns to render slightly-off latents smoothly. Why: with
-        kl_weight ~1e-6 the posterior std collapses (~1% of the latent std), so the decoder only ever
-        sees exact latents and turns a diffusion model's residual latent noise into high-frequency
-        texture. Per channel, because the channels' scales differ by up to 4x in trained models (one
-        global std drowned the small ones). The level costs reconstruction: in 8-minute runs a fixed 0.4
-        plateaued at 25.4 dB, uniform U(0, 0.4) reached 28.1, a fixed 0.1 29.1 and no
-        noise 29.4 dB; the tiny configs keep 0.4, whose latents the demo's LDMs learn (docs/autoencoder.md)."""
-        hp = self.hparams
-        if hp.latent_noise == 0.0:
-            return z
-        eps = torch.randn(z.shape, generator=generator, device=generator.device).to(z)
-        level = torch.full((z.shape[0],), hp.latent_noise, device=generator.device)  # [B]
-        if hp.latent_noise_mode == "uniform":
-            level *= torch.rand(z.shape[0], generator=generator, device=generator.device)
-        level = level.to(z).view(-1, *([1] * (z.dim() - 1)))  # [B, 1, 1, 1, 1]
-        dims = [d for d in range(z.dim()) if d != 2]  # z is [B, T, C, h, w]
-        return z + level * z.detach().float().std(dim=dims, keepdim=True).to(z) * eps
 
     def _track_latent_variance(self, z: torch.Tensor) -> None:
         """Running (EMA) latent variance so that every Lightning checkpoint carries a usable scale
@@ -312,16 +216,16 @@ class AutoencoderModule(LightningModule):
     # ----------------------------------------------------------------- steps
     def _random_crop(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, T, 3, H, W] -> [B, T, 3, h, w]``: one random ``train_crop`` window for the whole batch,
-        drawn from the step's generator. The networks are fully convolutional, so training on crops
-        costs H*W / (h*w) times less per step; validation uses the full frame. One window per batch
-        rather than per clip: in paired 3-minute CPU runs it reached 23.6 vs 21.5 dB (docs/autoencoder.md)."""
+        drawn from the step's generator (seed + 1). The networks are fully convolutional, so training
+        on crops costs H*W / (h*w) times less per step; validation uses the full frame. One window per
+        batch rather than per clip: in paired 3-minute CPU runs it reached 23.6 vs 21.5 dB (docs/autoencoder.md)."""
         if self.hparams.train_crop is None:
             return x
         (h, w), (full_h, full_w) = self.hparams.train_crop, x.shape[-2:]
         if h > full_h or w > full_w:
             raise DriveSimInputError(f"train_crop is larger than the frames ({full_h} x {full_w})",
                                      field="train_crop", value=list(self.hparams.train_crop))
-        gen = step_generator(self.hparams.seed + 1, int(self.train_steps), self.global_rank)
+        gen = self._rng(seed_offset=1)
         top = int(torch.randint(0, full_h - h + 1, (1,), generator=gen))
         left = int(torch.randint(0, full_w - w + 1, (1,), generator=gen))
         return x[..., top:top + h, left:left + w].contiguous()
@@ -334,7 +238,7 @@ class AutoencoderModule(LightningModule):
         opt_ae.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         opt_ae.step()
-        if int(self.train_steps) >= self.hparams.disc_start:
+        if self._gan_on():
             d_loss = hinge_d_loss(self.discriminator(x), self.discriminator(recon.detach()))
             opt_d.zero_grad(set_to_none=True)
             self.manual_backward(d_loss)
@@ -392,7 +296,7 @@ class AutoencoderModule(LightningModule):
         if self.hparams.model_file:
             return Path(self.hparams.model_file)
         root = self.trainer.log_dir or self.trainer.default_root_dir
-        return Path(root) / "autoencoder.safetensors"
+        return Path(root) / "model.safetensors"
 
     def on_fit_end(self) -> None:
         """Re-estimate the scale factor on ``scale_batches`` training batches (image stage; the temporal
@@ -407,3 +311,30 @@ class AutoencoderModule(LightningModule):
             path = save_model_file(self._model_file_path(), MODEL_KIND, ae.hparams, ae.state_dict(),
                                    overwrite=self.hparams.overwrite)
             print(f"autoencoder model file: {path} (scale_factor={float(ae.scale_factor):.4f})")
+
+
+def _check_settings(stage: str, warmup_steps: int, lr_decay_fraction: float, latent_noise_mode: str,
+                    compile_mode: str, **non_negative: float) -> None:
+    """The training settings that can be checked before the network exists."""
+    if stage not in STAGES:
+        raise DriveSimInputError(f"stage must be one of {STAGES}", field="stage", value=stage)
+    check_schedule(warmup_steps, lr_decay_fraction)
+    for name, value in non_negative.items():
+        if not value >= 0.0:
+            raise DriveSimInputError(f"{name} must be >= 0", field=name, value=value)
+    if latent_noise_mode not in NOISE_MODES:
+        raise DriveSimInputError(f"latent_noise_mode must be one of {NOISE_MODES}", field="latent_noise_mode",
+                                 value=latent_noise_mode)
+    try:
+        check_compile_mode(compile_mode)
+    except ValueError as err:
+        raise DriveSimInputError(str(err), field="compile_mode", value=compile_mode) from err
+
+
+def _check_crop(train_crop: Sequence[int], factor: int) -> list[int]:
+    """``[h, w]``, both multiples of the autoencoder's downsampling factor."""
+    crop = [int(v) for v in train_crop]
+    if len(crop) != 2 or min(crop) < factor or any(v % factor for v in crop):
+        raise DriveSimInputError(f"train_crop must be [height, width], multiples of the downsampling "
+                                 f"factor f={factor}", field="train_crop", value=crop)
+    return crop

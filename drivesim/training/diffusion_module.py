@@ -1,18 +1,18 @@
 """`LatentDiffusionModule`: image, video (prediction) and interpolation LDM training.
 
-Glue only (DESIGN §5): the UNet (`drivesim.models.unet`), the schedule, loss, samplers,
-guidance and masks (`drivesim.diffusion`) do the work. Stages (Video LDM, Blattmann et al.
-2023): ``image`` trains a spatial UNet on latents (stage 2); ``video`` trains the temporal
-layers of a video UNet initialised from an image checkpoint, with S in {0, 1, 2} context
-frames (stage 3); ``interpolation`` uses key frames 0 and T-1 as context plus a regime label
-(stage 4). The frozen autoencoder comes from its own model file (``autoencoder_path``); its
+Glue only (docs/architecture.md, "Code style"): the UNet (`drivesim.models.unet`), the
+schedule, loss, samplers, guidance and masks (`drivesim.diffusion`) do the work. Stages (Video
+LDM, Blattmann et al. 2023; docs/architecture.md, "Pipeline stages"): ``image`` trains a
+spatial UNet on latents (stage 2); ``video`` trains the temporal layers of a video UNet
+initialised from an image checkpoint, with S in {0, 1, 2} context frames (stage 3);
+``interpolation`` uses key frames 0 and T-1 as context plus a regime label (stage 4). The frozen autoencoder comes from its own model file (``autoencoder_path``); its
 hyper-parameters are never restated in the config.
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -21,28 +21,34 @@ from einops import rearrange
 from lightning.pytorch import LightningModule
 
 from drivesim.data.labels import VEHICLE_CLASSES
-from drivesim.diffusion.guidance import guided_denoiser
 from drivesim.diffusion.losses import TIMESTEP_SAMPLING, diffusion_loss
 from drivesim.diffusion.masks import (
     interpolation_mask,
     masked_context,
     sample_context_masks,
-    with_context,
 )
-from drivesim.diffusion.parameterization import Denoiser, check_prediction
-from drivesim.diffusion.samplers import ddim_sample, dpmpp_2m_sample
+from drivesim.diffusion.parameterization import check_prediction
 from drivesim.diffusion.schedule import DiscreteVPSchedule
+from drivesim.inference import (
+    LDM_KIND,
+    ModelRecord,
+    diffusion_record,
+    guidance_scales,
+    load_model,
+    sample,
+)
+from drivesim.models.compile import check_compile_mode, compile_network
 from drivesim.models.conditioning import Conditioning, box_layout
 from drivesim.models.unet import UNet, parameter_group
 from drivesim.training.budget import budget_progress, check_schedule, lr_factor, make_adam
 from drivesim.training.checkpoints import attach_model_to_checkpoint, save_model_file
 from drivesim.training.rng import step_generator
 from drivesim.training.sample_grid import log_sample_grid
+from drivesim.training.stage_networks import TemporalLayers, as_temporal_layers, stage_unet
 from drivesim.utils.io import DriveSimInputError
 
 STAGES = ("image", "video", "interpolation")
-SAMPLERS = {"ddim": ddim_sample, "dpmpp_2m": dpmpp_2m_sample}
-UNET_KIND = "ldm"  # model-file kind shared with drivesim.rollout.sampler.load_diffusion_model
+UNET_KIND = LDM_KIND  # the model-file kind drivesim.inference.load_model reads back
 TRAINED_GROUPS = {"image": ("spatial", "conditioning", "temporal", "context"),
                   "video": ("temporal", "context"), "interpolation": ("temporal", "context")}
 
@@ -51,14 +57,19 @@ class LatentDiffusionModule(LightningModule):
     """Latent diffusion training; the constructor signature is the config.
 
     Args:
-        unet: the denoising network (``class_path: drivesim.models.unet.UNet``); image stage:
-            ``temporal: false``; video / interpolation: ``temporal: true, use_context: true``
-            (interpolation also ``num_regimes: 2``).
+        unet: the image stage's network (``class_path: drivesim.models.unet.UNet``,
+            ``temporal: false``). The video stages take theirs from ``init_from``; a ``unet``
+            there is a full video UNet (``temporal: true, use_context: true``) given without
+            ``init_from``, e.g. rebuilt from a checkpoint (``training/stage_networks.py``).
         stage: ``image`` | ``video`` | ``interpolation``.
         autoencoder_path: frozen autoencoder model file; needed to encode ``video`` batches
             and to decode validation samples (optional when batches carry ``latents``).
-        init_from: image-LDM checkpoint (.ckpt / model file) whose spatial weights initialise
-            a video stage (temporal layers stay new), or the full weights for the image stage.
+        init_from: image-LDM checkpoint (.ckpt / model file). Video stages: its UNet config and
+            spatial weights are the video UNet's spatial part (temporal layers start new); image
+            stage: the full weights for the configured ``unet``.
+        temporal_layers: video stages: what they add to the image UNet of ``init_from``
+            (``TemporalLayers``: max_frames, alpha_mode, use_context, context_channels,
+            context_input, num_regimes (interpolation: 2), ...); the spatial keys are never restated.
         prediction: ``v`` (paper) or ``eps``.
         num_train_steps, schedule, beta_start, beta_end: the VP schedule (paper: 1000, LDM
             linear-in-sqrt(beta), 0.0015 -> 0.0195).
@@ -86,11 +97,14 @@ class LatentDiffusionModule(LightningModule):
         val_sample_steps, num_val_samples, val_guidance, val_seed: validation sampling (DDIM).
         model_file, overwrite: where ``on_fit_end`` writes the UNet model file (kind ``ldm``;
             default ``<log_dir>/model.safetensors``) and whether it may replace one.
-        compile: ``torch.compile`` the UNet (in place) before training.
+        compile, compile_mode: ``torch.compile`` the UNet in place before training (one graph,
+            ``models/compile.py``); mode ``default``, ``max-autotune-no-cudagraphs`` or, on
+            CUDA, ``reduce-overhead`` (docs/scaling.md, "Compiled training and sampling").
     """
 
-    def __init__(self, unet: UNet, stage: str = "image", autoencoder_path: str | None = None,
-                 init_from: str | None = None, prediction: str = "v", num_train_steps: int = 1000,
+    def __init__(self, unet: UNet | None = None, stage: str = "image", autoencoder_path: str | None = None,
+                 init_from: str | None = None, temporal_layers: TemporalLayers | None = None,
+                 prediction: str = "v", num_train_steps: int = 1000,
                  schedule: str = "linear", beta_start: float = 0.0015, beta_end: float = 0.0195,
                  drop_boxes: float = 0.1, drop_labels: float = 0.1, drop_context: float = 0.1,
                  context_probs: Sequence[float] = (0.34, 0.33, 0.33),
@@ -100,54 +114,46 @@ class LatentDiffusionModule(LightningModule):
                  latent_size: Sequence[int] = (8, 16), val_sample_steps: int = 20,
                  num_val_samples: int = 4, val_guidance: float = 2.0, val_seed: int = 0,
                  seed: int = 0, model_file: str | None = None, overwrite: bool = False, compile: bool = False,
+                 compile_mode: str = "default",
                  lr_decay_fraction: float = 0.0, box_loss_weight: float = 0.0,
                  snr_gamma: float | None = None, timesteps: str = "uniform",
                  timestep_mean: float = 0.0, timestep_std: float = 1.0) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["unet"])
+        if temporal_layers is not None:  # a plain mapping in the hparams: checkpoints load weights-only
+            self.hparams.temporal_layers = asdict(as_temporal_layers(temporal_layers))
         check_schedule(warmup_steps, lr_decay_fraction)
-        if not box_loss_weight >= 0.0:
-            raise ValueError(f"box_loss_weight: expected >= 0, got {box_loss_weight!r}")
-        if not blend_lr_scale > 0.0:
-            raise ValueError(f"blend_lr_scale: expected > 0, got {blend_lr_scale!r}")
-        if snr_gamma is not None and not snr_gamma > 0.0:
-            raise ValueError(f"snr_gamma: expected None or > 0, got {snr_gamma!r}")
-        if timesteps not in TIMESTEP_SAMPLING:
-            raise ValueError(f"timesteps: expected one of {TIMESTEP_SAMPLING}, got {timesteps!r}")
-        if not timestep_std > 0.0:
-            raise ValueError(f"timestep_std: expected > 0, got {timestep_std!r}")
-        _check_config(unet, stage, prediction,
-                      {"drop_boxes": drop_boxes, "drop_labels": drop_labels, "drop_context": drop_context})
+        _check_config(stage, prediction, timesteps,
+                      probabilities={"drop_boxes": drop_boxes, "drop_labels": drop_labels, "drop_context": drop_context},
+                      non_negative={"box_loss_weight": box_loss_weight},
+                      positive={"blend_lr_scale": blend_lr_scale, "timestep_std": timestep_std, "snr_gamma": snr_gamma})
+        unet, initialised = stage_unet(stage, unet, temporal_layers, init_from)
+        _check_unet(unet, stage)
         self.unet = unet
         self.schedule = DiscreteVPSchedule(num_train_steps, schedule, beta_start, beta_end)
-        self.denoiser = Denoiser(self.unet, self.schedule, prediction)
         self.autoencoder = _load_frozen_autoencoder(autoencoder_path)
-        if init_from:
+        if init_from and not initialised:
             self._init_from(init_from)
         self._freeze_untrained_groups()
         self._data_info: dict[str, Any] = {}
+        check_compile_mode(compile_mode)
         if compile:
-            self.unet.compile()  # in place: state-dict keys stay unchanged
+            compile_network(self.unet, compile_mode)  # in place: state-dict keys stay unchanged
 
     # -- construction helpers -----------------------------------------------------------
     def _init_from(self, path: str) -> None:
+        """Image stage: the full weights of an image model file into the configured UNet (the video
+        stages build their UNet from ``init_from`` in ``stage_unet``)."""
         state = load_unet_state(path)
-        if self.hparams.stage == "image":
-            video_keys = [k for k in state if parameter_group(k) in ("temporal", "context")]
-            if video_keys:
-                raise DriveSimInputError(f"a video checkpoint cannot initialise the image stage "
-                                         f"(temporal keys such as {video_keys[:2]})",
-                                         path=path, field="init_from")
-            try:
-                self.unet.load_state_dict(state)
-            except RuntimeError as err:  # keys / shapes differ from this UNet's config
-                raise DriveSimInputError(f"image weights do not match the UNet config: {str(err)[:300]}",
-                                         path=path, field="init_from") from err
-        else:
-            try:
-                self.unet.load_spatial_state_dict(state)
-            except ValueError as err:
-                raise DriveSimInputError(str(err), path=path, field="init_from") from err
+        video_keys = [k for k in state if parameter_group(k) in ("temporal", "context")]
+        if video_keys:
+            raise DriveSimInputError(f"a video checkpoint cannot initialise the image stage "
+                                     f"(temporal keys such as {video_keys[:2]})", path=path, field="init_from")
+        try:
+            self.unet.load_state_dict(state)
+        except RuntimeError as err:  # keys / shapes differ from this UNet's config
+            raise DriveSimInputError(f"image weights do not match the UNet config: {str(err)[:300]}",
+                                     path=path, field="init_from") from err
 
     def _trained_groups(self) -> tuple[str, ...]:
         groups = TRAINED_GROUPS[self.hparams.stage]
@@ -160,52 +166,15 @@ class LatentDiffusionModule(LightningModule):
         for name, p in self.unet.named_parameters():
             p.requires_grad_(parameter_group(name) in trained)
 
-    @classmethod
-    def from_checkpoint(cls, path: str | Path, autoencoder_path: str | None = None,
-                        map_location: str | torch.device = "cpu") -> LatentDiffusionModule:
-        """Rebuild from a .ckpt of this module or from the ``ldm`` model file a fit exports
-        (weights_only / safetensors load; no pickled code)."""
-        if Path(path).suffix != ".ckpt":
-            return cls._from_model_file(path, autoencoder_path).to(map_location).eval()
-        ckpt = _read_checkpoint(path)
-        info = ckpt.get("drivesim_model", {})
-        if info.get("kind") != UNET_KIND or "hyper_parameters" not in ckpt:
-            raise DriveSimInputError(f"not a LatentDiffusionModule checkpoint (kind {info.get('kind')!r})",
-                                     path=path, field="drivesim_model")
-        accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "unet"}
-        # LightningCLI adds keys such as "_class_path": keep the constructor's arguments only
-        hparams = {k: v for k, v in ckpt["hyper_parameters"].items() if k in accepted}
-        hparams["init_from"] = None
-        if autoencoder_path is not None:
-            hparams["autoencoder_path"] = autoencoder_path
-        elif hparams.get("autoencoder_path") and not Path(hparams["autoencoder_path"]).is_file():
-            hparams["autoencoder_path"] = None  # moved: sampling then needs --autoencoder
-        module = cls(unet=UNet(**info["hparams"]["unet"]), **hparams)
-        state = {k: v for k, v in ckpt["state_dict"].items() if k.startswith("unet.")}
-        module.unet.load_state_dict({k[5:]: v for k, v in state.items()})
-        return module.to(map_location).eval()
-
-    @classmethod
-    def _from_model_file(cls, path: str | Path, autoencoder_path: str | None) -> LatentDiffusionModule:
-        from drivesim.models.model_files import load_model_file
-
-        info, state = load_model_file(path, UNET_KIND)
-        sched = info.get("schedule", {})
-        module = cls(unet=UNet(**info["unet"]), stage=info.get("stage", "image"),
-                     autoencoder_path=autoencoder_path, prediction=info.get("prediction", "v"),
-                     num_train_steps=sched.get("num_steps", 1000), schedule=sched.get("kind", "linear"),
-                     beta_start=sched.get("beta_start", 0.0015), beta_end=sched.get("beta_end", 0.0195),
-                     latent_size=info.get("latent_size", (8, 16)))
-        module.unet.load_state_dict(state)
-        return module
-
     def model_hparams(self) -> dict[str, Any]:
         """Hyper-parameters of the ``ldm`` model file: everything a sampler needs."""
         hp = self.hparams
         info = {"unet": self.unet.config, "prediction": hp.prediction, "stage": hp.stage,
                 "schedule": {"num_steps": hp.num_train_steps, "kind": hp.schedule,
                              "beta_start": hp.beta_start, "beta_end": hp.beta_end},
-                "latent_size": list(hp.latent_size)}
+                "latent_size": list(hp.latent_size),
+                # provenance: the frozen autoencoder whose latents this model learned (drivesim sample's default)
+                "autoencoder_path": hp.autoencoder_path}
         return info | self._data_info
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -346,7 +315,7 @@ class LatentDiffusionModule(LightningModule):
         cond = self.batch_conditioning(sub, z, train=False,
                                        generator=torch.Generator().manual_seed(self.hparams.val_seed))
         g = self.hparams.val_guidance
-        scales = {"labels": g, "boxes": g} | ({"context": g} if cond.context is not None else {})
+        scales = guidance_scales(cond, context=g, labels=g, boxes=g)
         latents = self.generate(cond, z.shape[1], tuple(z.shape[-2:]), self.hparams.val_sample_steps,
                                 scales, generator=torch.Generator().manual_seed(self.hparams.val_seed))
         if self.autoencoder is None:
@@ -365,8 +334,7 @@ class LatentDiffusionModule(LightningModule):
         cond = Conditioning.from_batch(batch, context=context, context_mask=batch.get("context_mask"),
                                        regime=batch.get("regime")).to(self.device)
         g = float(batch.get("guidance", self.hparams.val_guidance))
-        scales = {"labels": g, "boxes": g} | ({"context": g} if context is not None else {})
-        scales = scales if g != 1.0 else {}  # scale 1 is the conditional model: one pass
+        scales = guidance_scales(cond, context=g, labels=g, boxes=g)  # g = 1: one conditional pass
         gen = torch.Generator().manual_seed(int(batch.get("seed", self.hparams.val_seed)) + batch_idx)
         latents = self.generate(cond, frames_t, tuple(self.hparams.latent_size),
                                 int(batch.get("steps", self.hparams.val_sample_steps)), scales,
@@ -376,34 +344,19 @@ class LatentDiffusionModule(LightningModule):
         return self.autoencoder.decode_latents(latents).clamp(-1, 1)
 
     # -- sampling ------------------------------------------------------------------------
+    def inference_record(self) -> ModelRecord:
+        """This module's UNet as an inference record (``drivesim.inference``)."""
+        return diffusion_record(self.unet, self.schedule, self.hparams.prediction, self.model_hparams())
+
     @torch.no_grad()
     def generate(self, cond: Conditioning, num_frames: int, latent_hw: tuple[int, int],
                  steps: int = 50, scales: dict[str, float | torch.Tensor] | None = None,
                  sampler: str = "ddim", generator: torch.Generator | None = None,
                  eta: float = 0.0, batch_size: int | None = None) -> torch.Tensor:
-        """Latents [B, T, C, h, w] sampled for ``cond``; context frames re-imposed each step.
-
-        ``scales`` maps context / labels / boxes to guidance scales (numbers or [T] tensors);
-        None or empty = the plain conditional model. ``eta`` > 0: stochastic DDIM.
-        """
-        if sampler not in SAMPLERS:
-            raise ValueError(f"sampler: expected one of {sorted(SAMPLERS)}, got {sampler!r}")
-        b = batch_size or cond.batch_size
-        shape = (b, num_frames, self.unet.in_channels, *latent_hw)
-        gen_device = generator.device if generator is not None else self.device
-        x_T = torch.randn(shape, generator=generator, device=gen_device).to(self.device)
-        denoise = guided_denoiser(self.denoiser, cond, dict(scales or {}))
-        if cond.context is not None:
-            m = torch.zeros(b, num_frames, device=self.device)
-            m[:, : cond.context.shape[1]] = cond.context_mask
-            ctx = torch.zeros(shape, device=self.device)
-            ctx[:, : cond.context.shape[1]] = cond.context
-            denoise = with_context(denoise, ctx, m)
-        if sampler == "ddim":
-            return ddim_sample(denoise, x_T, self.schedule, steps, eta=eta, generator=generator)
-        if eta:
-            raise ValueError(f"eta={eta!r} is a DDIM option; dpmpp_2m is deterministic")
-        return dpmpp_2m_sample(denoise, x_T, self.schedule, steps)
+        """Latents [B, T, C, h, w] for ``cond`` through the one sampling call
+        (``drivesim.inference.sample``: guidance ``scales``, context re-imposed every step)."""
+        return sample(self.inference_record(), cond, num_frames, latent_hw, steps=steps, sampler=sampler,
+                      scales=scales, generator=generator, eta=eta, batch_size=batch_size)
 
     # -- optimisation --------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
@@ -436,28 +389,41 @@ def optimizer_param_groups(unet: UNet, stage: str, lr: float, spatial_lr_scale: 
     return [g for g in groups if g["params"]]
 
 
-def _check_config(unet: UNet, stage: str, prediction: str, drops: dict[str, float]) -> None:
+def _check_config(stage: str, prediction: str, timesteps: str, probabilities: dict[str, float],
+                  non_negative: dict[str, float], positive: dict[str, float | None]) -> None:
+    """The training settings; a bad one is a DriveSimInputError naming it (None = off passes)."""
     if stage not in STAGES:
-        raise ValueError(f"stage: expected one of {STAGES}, got {stage!r}")
-    check_prediction(prediction)
-    if (stage == "image") == bool(unet.temporal):
-        raise ValueError(f"stage '{stage}' needs a UNet with temporal={stage != 'image'}, "
-                         f"got temporal={unet.temporal}")
-    if stage != "image" and unet.context_encoder is None:
-        raise ValueError(f"stage '{stage}' needs a UNet with use_context=True")
-    for name, value in drops.items():
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"{name}: expected a probability in [0, 1], got {value!r}")
-
-
-def _read_checkpoint(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise DriveSimInputError("checkpoint not found", path=p)
+        raise DriveSimInputError(f"stage must be one of {STAGES}", field="stage", value=stage)
     try:
-        return torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for corrupt / pickled-code files
-        raise DriveSimInputError(f"not a weights-only checkpoint: {err}", path=p) from err
+        check_prediction(prediction)
+    except ValueError as err:
+        raise DriveSimInputError(str(err), field="prediction", value=prediction) from err
+    if timesteps not in TIMESTEP_SAMPLING:
+        raise DriveSimInputError(f"expected one of {TIMESTEP_SAMPLING}", field="timesteps", value=timesteps)
+    for name, value in probabilities.items():
+        if not 0.0 <= value <= 1.0:
+            raise DriveSimInputError("expected a probability in [0, 1]", field=name, value=value)
+    for name, value in non_negative.items():
+        if not value >= 0.0:
+            raise DriveSimInputError("expected >= 0", field=name, value=value)
+    for name, value in positive.items():
+        if value is not None and not value > 0.0:
+            raise DriveSimInputError("expected > 0", field=name, value=value)
+
+
+def _check_unet(unet: UNet, stage: str) -> None:
+    """The stage's UNet: an image UNet for the image stage, a video UNet with context frames for
+    the video stages."""
+    if (stage == "image") == bool(unet.temporal):
+        raise DriveSimInputError(f"stage '{stage}' needs a UNet with temporal={stage != 'image'}",
+                                 field="unet.temporal", value=unet.temporal)
+    if stage != "image" and unet.context_encoder is None:
+        raise DriveSimInputError(f"stage '{stage}' needs a UNet with use_context=True",
+                                 field="temporal_layers.use_context", value=False)
+    regimes = int(unet.config.get("num_regimes", 0))
+    if stage != "image" and (stage == "interpolation") != (regimes > 0):
+        raise DriveSimInputError("the interpolation stage needs num_regimes >= 1 (its frame-rate regimes), the "
+                                 "video stage none", field="temporal_layers.num_regimes", value=regimes)
 
 
 def load_unet_state(path: str | Path) -> dict[str, torch.Tensor]:
@@ -471,9 +437,7 @@ def load_unet_state(path: str | Path) -> dict[str, torch.Tensor]:
 def _load_frozen_autoencoder(path: str | None) -> torch.nn.Module | None:
     if not path:
         return None
-    from drivesim.models.autoencoder import load_autoencoder
-
-    ae = load_autoencoder(path)
+    ae = load_model(path, "autoencoder").network
     for p in ae.parameters():
         p.requires_grad_(False)
     return ae.eval()

@@ -1,4 +1,4 @@
-"""Small-sample evaluation at the end of validation epochs (issue 7's validation callback).
+"""Small-sample evaluation at the end of validation epochs (the video validation callback).
 
 At the end of every ``every_n_epochs``-th validation epoch, rank 0 generates videos for the
 conditioning of the first validation batch (``pl_module.predict_step``, which every

@@ -15,9 +15,9 @@ one result line per rollout in ``<out_root>/results/rank<R>.jsonl``::
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +25,9 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
-from drivesim.rollout import cli as rollout_cli
-from drivesim.rollout.engine import run_rollout
+from drivesim.api import Simulator
+from drivesim.inference.run_folder import resolve_run
+from drivesim.rollout.config import RolloutConfig
 from drivesim.rollout.writer import output_exists
 from drivesim.utils.io import DriveSimInputError, atomic_write_text
 
@@ -88,56 +89,60 @@ class RolloutJobsDataModule(LightningDataModule):
 
 
 class RolloutPredictModule(LightningModule):
-    """Glue: ``predict_step`` runs one ``drivesim rollout`` per job into ``out_root/<name>``.
+    """Glue: ``predict_step`` runs one rollout per job into ``out_root/<name>``.
 
-    The constructor arguments are the CLI's shared options; a job sets scenario, seed,
-    day/night and (optionally) seconds. Models are loaded once per process, as plain objects
-    (nothing to train, nothing for DDP to wrap). Existing outputs are skipped unless
-    ``overwrite``; ``resume`` continues interrupted ones.
+    ``video_ckpt`` / ``ae_ckpt`` / ``image_ckpt`` / ``interp_ckpt`` (or ``run``, a run folder)
+    name the models; the other constructor arguments are shared :class:`RolloutConfig`
+    options, and a job sets scenario, seed, day/night and (optionally) seconds. Models are
+    loaded once per process as a :class:`drivesim.Simulator` (nothing to train, nothing for
+    DDP to wrap). Existing outputs are skipped unless ``overwrite``; ``resume`` continues
+    interrupted ones.
     """
 
-    def __init__(self, video_ckpt: str, ae_ckpt: str, out_root: str, image_ckpt: str | None = None,
-                 interp_ckpt: str | None = None, seconds: float = 120.0, fps: float | None = None,
-                 window: int | None = None, steps: int = 20, guidance_context: float = 1.5,
-                 guidance_schedule: str = "taper", size: str | None = None, start: str = "auto",
-                 save_every: int = 2, overwrite: bool = False, resume: bool = False,
+    def __init__(self, out_root: str, video_ckpt: str | None = None, ae_ckpt: str | None = None,
+                 image_ckpt: str | None = None, interp_ckpt: str | None = None, run: str | None = None,
+                 seconds: float = 120.0, fps: float | None = None, window: int | None = None,
+                 steps: int = 20, guidance_context: float = 1.5, guidance_schedule: str = "taper",
+                 guidance_boxes: float = 1.0, guidance_labels: float = 1.0, size: str | None = None,
+                 start: str = "auto", save_every: int = 2, overwrite: bool = False, resume: bool = False,
                  debug_video: bool = False) -> None:
         super().__init__()
-        self.options = dict(video_ckpt=video_ckpt, ae_ckpt=ae_ckpt, image_ckpt=image_ckpt,
-                            interp_ckpt=interp_ckpt, seconds=seconds, fps=fps, window=window,
-                            steps=steps, guidance_context=guidance_context,
-                            guidance_schedule=guidance_schedule, size=size, start=start,
-                            save_every=save_every, overwrite=overwrite, resume=resume,
-                            debug_video=debug_video)
-        self.out_root = Path(out_root)
-        self._loaded: rollout_cli.Loaded | None = None
+        self.files = {"autoencoder": ae_ckpt, "video": video_ckpt, "image": image_ckpt,
+                      "interpolation": interp_ckpt}
+        self.run_dir = run
+        self.config = RolloutConfig(seconds=seconds, fps=fps, window=window, steps=steps,
+                                    guidance_context=guidance_context, guidance_schedule=guidance_schedule,
+                                    guidance_boxes=guidance_boxes, guidance_labels=guidance_labels, size=size,
+                                    start=start, save_every=save_every, debug_video=debug_video)
+        self.out_root, self.overwrite, self.resume = Path(out_root), overwrite, resume
+        self._sim: Simulator | None = None
 
-    def _args(self, job: dict[str, Any]) -> argparse.Namespace:
-        parser = argparse.ArgumentParser()
-        rollout_cli.add_arguments(parser)
-        args = parser.parse_args([])
-        vars(args).update({k: v for k, v in self.options.items()})
-        vars(args).update(scenario=job["scenario"], seed=int(job.get("seed", 0)),
-                          daynight=job.get("daynight"), no_progress=True,
-                          out=str(self.out_root / job["name"]))
+    def _simulator(self) -> Simulator:
+        if self._sim is None:
+            files = dict(resolve_run(self.run_dir)) if self.run_dir else {}
+            files.update({k: v for k, v in self.files.items() if v})
+            if "video" not in files or "autoencoder" not in files:
+                raise DriveSimInputError("video_ckpt and ae_ckpt (or run) are required", field="video_ckpt")
+            self._sim = Simulator.from_files(**files)
+        return self._sim
+
+    def job_config(self, job: dict[str, Any]) -> RolloutConfig:
+        """The shared options with the job's seed, day/night and seconds."""
+        extra = {"seed": int(job.get("seed", 0)), "daynight": job.get("daynight")}
         if "seconds" in job:
-            args.seconds = float(job["seconds"])
-        return args
+            extra["seconds"] = float(job["seconds"])
+        return replace(self.config, **extra)
 
     def predict_step(self, batch: list[dict[str, Any]], batch_idx: int) -> list[dict[str, Any]]:
         results = []
         for job in batch:
-            args = self._args(job)
-            out = Path(args.out)
-            if output_exists(out) and not (args.overwrite or args.resume):
+            out = self.out_root / job["name"]
+            if output_exists(out) and not (self.overwrite or self.resume):
                 results.append({"name": job["name"], "status": "exists", "out": str(out),
                                 "rank": self.global_rank})
                 continue
-            if self._loaded is None:
-                self._loaded = rollout_cli.load_models(args)
-            rjob, models, start = rollout_cli.build_job(args, self._loaded, args.daynight, out)
-            res = run_rollout(rjob, models, start, resume=args.resume, overwrite=args.overwrite,
-                              progress=False)
+            res = self._simulator().write_rollout(out, job["scenario"], self.job_config(job), resume=self.resume,
+                                                  overwrite=self.overwrite, progress=False)
             results.append({"name": job["name"], "status": "done", "out": str(out),
                             "frames": res.num_frames, "rank": self.global_rank})
         return results

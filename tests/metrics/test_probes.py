@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from drivesim.data.labels import DAY
+from drivesim.diffusion.masks import context_mask_from_counts
 from drivesim.metrics.oracle.model import Oracle, OracleConfig, VehicleSegmenter
 from drivesim.metrics.oracle.scores import boxes_to_mask
 from drivesim.metrics.probes import (
@@ -36,7 +37,6 @@ from drivesim.metrics.probes import (
     world_scenarios,
 )
 from drivesim.models.conditioning import Conditioning
-from drivesim.models.context import prediction_mask
 from drivesim.models.unet import UNet
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -186,7 +186,7 @@ def video_inputs(frames: int = 4) -> tuple[torch.Tensor, torch.Tensor, Condition
     boxes = torch.tensor([[0.1, 0.2, 0.5, 0.7]]).expand(1, frames, 1, 4).contiguous()
     cond = Conditioning(boxes=boxes, box_classes=torch.ones(1, frames, 1, dtype=torch.long),
                         daynight=torch.tensor([DAY]), crowd=torch.tensor([1]),
-                        context=x.clone(), context_mask=prediction_mask(1, frames, 2))
+                        context=x.clone(), context_mask=context_mask_from_counts(torch.tensor([2]), frames))
     return x, torch.tensor([500.0]), cond
 
 
@@ -214,14 +214,15 @@ def test_image_only_network_skips_temporal_layers():
 
 def test_alpha1_prediction_sampler_changes_predicted_frames(generator):
     from drivesim.diffusion.schedule import DiscreteVPSchedule
+    from drivesim.inference import diffusion_record
     from drivesim.rollout.engine import SegmentCondition
-    from drivesim.rollout.sampler import DiffusionModel, PredictionSampler
+    from drivesim.rollout.sampler import PredictionSampler
 
-    model = DiffusionModel(tiny_video_unet(), DiscreteVPSchedule(num_steps=1000), "v", Path("x"), {})
+    model = diffusion_record(tiny_video_unet(), DiscreteVPSchedule(num_steps=1000), "v")
     x, _, cond = video_inputs(5)
     seg = SegmentCondition(cond.boxes, cond.box_classes, None, cond.daynight, cond.crowd, 2, 5)
     normal = PredictionSampler(model, 2)(x[:, :2], seg, torch.Generator().manual_seed(0))
-    alpha1 = PredictionSampler(replace(model, unet=ImageOnlyNetwork(model.unet)), 2)(
+    alpha1 = PredictionSampler(replace(model, network=ImageOnlyNetwork(model.network)), 2)(
         x[:, :2], seg, torch.Generator().manual_seed(0))
     assert torch.equal(normal[:, :2], x[:, :2]) and torch.equal(alpha1[:, :2], x[:, :2])  # context kept
     assert (normal[:, 2:] - alpha1[:, 2:]).abs().mean() > 1e-3

@@ -4,14 +4,9 @@ transfer, context path (prediction / interpolation), regimes, freezing, bad inpu
 import pytest
 import torch
 
+from drivesim.diffusion.masks import context_mask_from_counts, interpolation_mask
 from drivesim.models.conditioning import Conditioning
-from drivesim.models.context import (
-    ContextEncoder,
-    build_context_input,
-    interpolation_mask,
-    nearest_context,
-    prediction_mask,
-)
+from drivesim.models.context import ContextEncoder, build_context_input, nearest_context
 from drivesim.models.unet import UNet, VideoUNet, parameter_group
 
 TINY = dict(in_channels=4, out_channels=4, model_channels=16, channel_mult=(1, 2),
@@ -112,7 +107,7 @@ def test_context_path(generator):
 
 def test_nearest_context_gives_each_frame_the_latent_it_continues_from(generator):
     z = torch.randn(2, 5, 4, 3, 3, generator=generator)
-    pred = build_context_input(cond_for(b=2, t=5, context=z[:, :2], context_mask=prediction_mask(2, 2, 2)), z)
+    pred = build_context_input(cond_for(b=2, t=5, context=z[:, :2], context_mask=torch.ones(2, 2)), z)
     near = nearest_context(pred)
     assert near.shape == pred.shape
     torch.testing.assert_close(near[:, 0], pred[:, 0])                    # a context frame: itself
@@ -154,10 +149,10 @@ def test_build_context_input_and_encoder(generator):
     feats = ContextEncoder(4, channels=6, num_levels=3)(c_s)
     assert {k: tuple(v.shape) for k, v in feats.items()} == {
         (8, 8): (10, 6, 8, 8), (4, 4): (10, 6, 4, 4), (2, 2): (10, 6, 2, 2)}
-    assert prediction_mask(2, 4, torch.tensor([0, 2])).tolist() == [[0, 0, 0, 0], [1, 1, 0, 0]]
+    assert context_mask_from_counts(torch.tensor([0, 2]), 4).tolist() == [[0, 0, 0, 0], [1, 1, 0, 0]]
     assert interpolation_mask(1, 5).tolist() == [[1, 0, 0, 0, 1]]
-    with pytest.raises(ValueError, match="context count"):
-        prediction_mask(2, 4, 5)
+    with pytest.raises(ValueError, match="counts"):
+        context_mask_from_counts(torch.tensor([5, 5]), 4)
     with pytest.raises(ValueError, match="key frames"):
         interpolation_mask(1, 5, (0, 5))
 

@@ -78,3 +78,26 @@ def standin_interpolate(pair: torch.Tensor, cond: SegmentCondition,
     jitter[:, 0] = 0
     jitter[:, -1] = 0
     return out + jitter
+
+
+class StandinUpsampler:
+    """upsample(low [B,S+n,3,h,w], hi_context [B,S,3,H,W] | None, generator) -> [B,S+n,3,H,W].
+
+    Nearest-neighbour x``scale`` plus generator noise on the new frames, the context frames
+    re-imposed, and a term from the context's mean, so a wrong hand-over between chunks,
+    a wrong generator order or a missing context all change the output. Records the window
+    sizes it was called with."""
+
+    def __init__(self, scale: int = 2) -> None:
+        self.scale, self.calls = scale, []
+
+    def __call__(self, low: torch.Tensor, hi_context: torch.Tensor | None,
+                 generator: torch.Generator) -> torch.Tensor:
+        s = 0 if hi_context is None else hi_context.shape[1]
+        self.calls.append((s, low.shape[1] - s))
+        hi = repeat(low, "b n c h w -> b n c (h s1) (w s2)", s1=self.scale, s2=self.scale).clone()
+        hi[:, s:] += 0.05 * torch.randn(hi[:, s:].shape, generator=generator)
+        if hi_context is not None:
+            hi[:, :s] = hi_context
+            hi[:, s:] += 0.1 * hi_context.mean()
+        return hi.clamp(-1, 1)

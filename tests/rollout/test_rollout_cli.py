@@ -13,12 +13,10 @@ from rollout_tiny_models import write_tiny_models
 
 from drivesim.cli import main
 from drivesim.data.clip_format import read_clip
+from drivesim.diffusion.guidance import context_guidance_scales
+from drivesim.inference import load_model
 from drivesim.rollout.engine import SegmentCondition
-from drivesim.rollout.sampler import (
-    PredictionSampler,
-    context_guidance_scales,
-    load_diffusion_model,
-)
+from drivesim.rollout.sampler import PredictionSampler
 from drivesim.rollout.scenario import SCHEMA
 from drivesim.utils.io import DriveSimInputError
 
@@ -54,7 +52,7 @@ def test_cli_rollout_is_a_deterministic_valid_clip(tmp_path, ckpts):
     # output exists: refused, untouched; night label gives a different video
     before = (tmp_path / "a" / "frames.mp4").read_bytes()
     with pytest.raises(DriveSimInputError, match="--overwrite"):
-        main(argv(ckpts, tmp_path / "a", scen, "--daynight", "night"))
+        main(argv(ckpts, tmp_path / "a", scen, "--daynight", "night", "--debug"))
     assert (tmp_path / "a" / "frames.mp4").read_bytes() == before
     main(argv(ckpts, tmp_path / "a", scen, "--daynight", "night", "--overwrite"))
     assert read_clip(tmp_path / "a").labels["daynight"] == "night"
@@ -75,7 +73,7 @@ def test_day_and_night_in_parallel_workers_equal_the_serial_run(tmp_path, ckpts)
         assert ((tmp_path / "par" / dn / "frames.mp4").read_bytes()
                 == (tmp_path / "ser" / dn / "frames.mp4").read_bytes())
     with pytest.raises(DriveSimInputError, match="--workers"):
-        main(argv(ckpts, tmp_path / "bad", scen, "--daynight", "both", "--workers", "-1"))
+        main(argv(ckpts, tmp_path / "bad", scen, "--daynight", "both", "--workers", "-1", "--debug"))
 
 
 def test_clip_start_and_interpolation_pass(tmp_path, ckpts):
@@ -92,14 +90,14 @@ def test_clip_start_and_interpolation_pass(tmp_path, ckpts):
                         track_ids=np.array([4]))
     out = tmp_path / "o"
     cmd = ["rollout", "--video-ckpt", str(ckpts["video"]), "--ae-ckpt", str(ckpts["ae"]),
-           "--interp-ckpt", str(ckpts["interp"]), "--interp-factor", "2",
+           "--interp-ckpt", str(ckpts["interp"]), "--interp-factor", "2", "--interp-passes", "1",
            "--scenario", f"clip:{clip_dir}", "--start-frames", "2", "--steps", "1",
            "--seconds", "2.5", "--out", str(out), "--no-progress"]
     assert main(cmd) == 0  # no --image-ckpt: the start frames come from the clip
     clip = read_clip(out)
     assert clip.fps == 8.0 and clip.num_frames == 20 and clip.labels["daynight"] == "night"
     with pytest.raises(DriveSimInputError, match="field 'frames'"):
-        main([*cmd[:-5], "--seconds", "5", "--out", str(tmp_path / "long"), "--no-progress"])
+        main([*cmd[:-5], "--seconds", "5", "--out", str(tmp_path / "long"), "--no-progress", "--debug"])
     assert not (tmp_path / "long").exists()
 
 
@@ -107,22 +105,22 @@ def test_wrong_checkpoints_are_refused(tmp_path, ckpts):
     scen = scenario(tmp_path)
     for bad in (["--video-ckpt", str(ckpts["image"])], ["--video-ckpt", str(ckpts["ae"])]):
         with pytest.raises(DriveSimInputError) as info:
-            main(argv(ckpts, tmp_path / "o", scen) + bad)
+            main(argv(ckpts, tmp_path / "o", scen) + bad + ["--debug"])
         assert str(ckpts["image"] if "image" in bad[1] else ckpts["ae"]) in str(info.value)
     with pytest.raises(DriveSimInputError, match="not a prediction"):
-        load_diffusion_model(ckpts["image"], "prediction")
+        load_model(ckpts["image"], "prediction")
     from drivesim.models.model_files import load_model_file, save_model_file
 
     hparams, state = load_model_file(ckpts["video"], "ldm")
     hparams["unet"]["bogus_option"] = 1
     save_model_file(tmp_path / "odd.pt", "ldm", hparams, state)
     with pytest.raises(DriveSimInputError, match="hparams.unet"):
-        load_diffusion_model(tmp_path / "odd.pt", "prediction")
+        load_model(tmp_path / "odd.pt", "prediction")
     assert not (tmp_path / "o").exists()
 
 
 def test_prediction_sampler_reproduces_context_and_is_seeded(ckpts):
-    model = load_diffusion_model(ckpts["video"], "prediction")
+    model = load_model(ckpts["video"], "prediction")
     sampler = PredictionSampler(model, steps=3, guidance_context=2.0, guidance_schedule="taper")
     cond = SegmentCondition(torch.full((1, 6, 4, 4), 0.2), torch.ones(1, 6, 4, dtype=torch.long),
                             torch.ones(1, 6, 4, dtype=torch.long), torch.tensor([1]), torch.tensor([0]), 2, 6)
@@ -169,7 +167,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, ckpts):
     assert not (out / "frames.mp4").exists()
     # a different seed does not match the saved state
     with pytest.raises(DriveSimInputError, match="different rollout"):
-        main(argv(ckpts, out, scen, *common, "--resume", "--seed", "5"))
+        main(argv(ckpts, out, scen, *common, "--resume", "--seed", "5", "--debug"))
     assert main(argv(ckpts, out, scen, *common, "--resume")) == 0
     assert (out / "frames.mp4").read_bytes() == (ref / "frames.mp4").read_bytes()
     ref_meta, out_meta = (json.loads((d / "clip.json").read_text()) for d in (ref, out))

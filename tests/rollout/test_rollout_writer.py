@@ -21,8 +21,8 @@ def _extradata(path) -> bytes:
 
 
 def test_chunks_of_any_length_share_parameter_sets_and_concatenate(tmp_path):
-    # a 1-frame chunk (an image-decoder rollout's first segment) used to get an intra-only SPS
-    # from gop_size = 1, and the concatenated file, which carries chunk 0's SPS, did not decode
+    # a 1-frame chunk (an image-decoder rollout's first segment) must not get an intra-only SPS
+    # from gop_size = 1: the concatenated file carries chunk 0's SPS for every chunk
     lengths, paths, frames = [1, 6, 5], [], []
     for i, n in enumerate(lengths):
         chunk = _frames(n, sum(lengths[:i]))

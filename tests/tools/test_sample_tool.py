@@ -53,7 +53,7 @@ def test_sample_from_json_boxes(ckpt, tmp_path):
     assert meta["daynight"] == "night" and len(meta["files"]) == 3
     first = cv2.imread(str(out / "sample_000.png"))
     with pytest.raises(FileExistsError, match="--overwrite"):
-        main(argv)
+        main(argv + ["--debug"])
     assert main(argv + ["--overwrite"]) == 0  # same seed, same images
     assert (cv2.imread(str(out / "sample_000.png")) == first).all()
 
@@ -75,7 +75,7 @@ def test_bad_boxes_json(ckpt, tmp_path, frames, match):
     boxes = tmp_path / "boxes.json"
     boxes.write_text(json.dumps({"frames": frames}))
     with pytest.raises(DriveSimInputError, match=match) as err:
-        main(["sample", "--ckpt", str(ckpt), "--boxes", str(boxes), "--out", str(tmp_path / "o")])
+        main(["sample", "--ckpt", str(ckpt), "--boxes", str(boxes), "--out", str(tmp_path / "o"), "--debug"])
     assert "boxes.json" in str(err.value)
 
 

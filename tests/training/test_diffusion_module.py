@@ -1,6 +1,8 @@
 """LatentDiffusionModule: fit lowers the loss, checkpoint round trip, guidance through the
 module's sampler, video/interpolation stages (frozen spatial layers, context reproduced)."""
 
+from dataclasses import asdict
+
 import pytest
 import torch
 from lightning.pytorch import Trainer
@@ -12,6 +14,7 @@ from drivesim.models.model_files import save_model_file
 from drivesim.models.unet import UNet, parameter_group
 from drivesim.training.diffusion_module import UNET_KIND, LatentDiffusionModule
 from drivesim.training.sample_grid import sample_grid
+from drivesim.training.stage_networks import TemporalLayers
 from drivesim.utils.io import DriveSimInputError
 
 B, C, H, W = 4, 4, 8, 16
@@ -98,8 +101,8 @@ def test_short_fit_lowers_the_loss(fitted):
 
 
 def test_model_file_is_what_the_rollout_loads(fitted):
-    """on_fit_end writes an ``ldm`` model file; the rollout's loader reads it and the .ckpt."""
-    from drivesim.rollout.sampler import load_diffusion_model
+    """on_fit_end writes an ``ldm`` model file; the one loader reads it and the .ckpt."""
+    from drivesim.inference import load_model
 
     module, _, _, ckpt = fitted
     batch = make_batch(seed=2)
@@ -107,16 +110,19 @@ def test_model_file_is_what_the_rollout_loads(fitted):
     with torch.no_grad():
         expect = module.eval().unet(batch["latents"], t, cond)
         for path in (ckpt.parent / "model.safetensors", ckpt):
-            model = load_diffusion_model(path, "image")
+            model = load_model(path, "image")
+            assert model.role == "image" and load_model(path).role == "image"
             assert model.prediction == "v" and model.schedule.num_steps == 1000
             assert model.hparams["num_frames"] == 1 and model.hparams["fps"] == 7.5
-            torch.testing.assert_close(model.unet(batch["latents"], t, cond), expect, rtol=0, atol=0)
+            torch.testing.assert_close(model.network(batch["latents"], t, cond), expect, rtol=0, atol=0)
     with pytest.raises(DriveSimInputError, match="not a prediction"):
-        load_diffusion_model(ckpt, "prediction")
+        load_model(ckpt, "prediction")
 
 
 def test_ema_callback_checkpoint(tmp_path):
     from lightning.pytorch.callbacks import EMAWeightAveraging
+
+    from drivesim.inference import load_model
 
     torch.manual_seed(0)
     module = LatentDiffusionModule(tiny_unet(), lr=1e-3, warmup_steps=0, num_val_samples=0,
@@ -126,33 +132,33 @@ def test_ema_callback_checkpoint(tmp_path):
                  callbacks=[EMAWeightAveraging(decay=0.5)], enable_checkpointing=False)
     tr.fit(module, loader(make_batch(), 12))
     tr.save_checkpoint(tmp_path / "ema.ckpt")  # after fit the averaged weights are current
-    loaded = LatentDiffusionModule.from_checkpoint(tmp_path / "ema.ckpt")
-    for (name, a), b in zip(module.unet.state_dict().items(), loaded.unet.state_dict().values()):
+    loaded = load_model(tmp_path / "ema.ckpt", "image")
+    for (name, a), b in zip(module.unet.state_dict().items(), loaded.network.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
     assert (tmp_path / "m.safetensors").is_file()
 
 
 def test_checkpoint_round_trip(fitted):
+    """The .ckpt loaded by the one loader samples exactly what the training module samples."""
+    from drivesim.inference import load_model, sample
+
     module, _, _, ckpt = fitted
-    loaded = LatentDiffusionModule.from_checkpoint(ckpt)
+    loaded = load_model(ckpt)
     batch = make_batch(seed=5)
     cond = Conditioning.from_batch(batch)
     t = torch.tensor([10, 200, 600, 999])
     module.eval()
     with torch.no_grad():
-        torch.testing.assert_close(loaded.unet(batch["latents"], t, cond),
+        torch.testing.assert_close(loaded.network(batch["latents"], t, cond),
                                    module.unet(batch["latents"], t, cond), rtol=0, atol=0)
-    gen = [m.generate(cond, 1, (H, W), steps=4, scales={"boxes": 2.0},
-                      generator=torch.Generator().manual_seed(9)) for m in (module, loaded)]
+    gen = [module.generate(cond, 1, (H, W), steps=4, scales={"boxes": 2.0},
+                           generator=torch.Generator().manual_seed(9)),
+           sample(loaded, cond, 1, (H, W), steps=4, scales={"boxes": 2.0},
+                  generator=torch.Generator().manual_seed(9))]
     torch.testing.assert_close(gen[0], gen[1], rtol=0, atol=0)
-    assert loaded.hparams.lr == module.hparams.lr and loaded.hparams.stage == "image"
+    assert loaded.hparams["stage"] == "image" and loaded.role == "image"
     with pytest.raises(DriveSimInputError, match="not found"):
-        LatentDiffusionModule.from_checkpoint(ckpt.parent / "missing.ckpt")
-    # LightningCLI stores extra keys (e.g. "_class_path") among the hyper-parameters
-    raw = torch.load(ckpt, weights_only=True)
-    raw["hyper_parameters"]["_class_path"] = "drivesim.training.diffusion_module.LatentDiffusionModule"
-    torch.save(raw, ckpt.parent / "cli.ckpt")
-    assert LatentDiffusionModule.from_checkpoint(ckpt.parent / "cli.ckpt").hparams.stage == "image"
+        load_model(ckpt.parent / "missing.ckpt")
 
 
 def test_guidance_through_module_sampling():
@@ -181,10 +187,14 @@ def save_image_unet(tmp_path, unet):
     return save_model_file(tmp_path / "image_unet.pt", UNET_KIND, {"unet": unet.config}, unet.state_dict())
 
 
+VIDEO_LAYERS = dict(use_context=True, context_channels=8, max_frames=8)
+
+
 def video_module(tmp_path, init_from, **kw):
-    unet = tiny_unet(temporal=True, use_context=True, context_channels=8, max_frames=8,
-                     **kw.pop("unet", {}))
-    return LatentDiffusionModule(unet, stage=kw.pop("stage", "video"), init_from=str(init_from),
+    """A video-stage module as a config builds it: the spatial UNet from ``init_from``, the
+    temporal settings stated (``unet`` holds extra ones)."""
+    layers = TemporalLayers(**{**VIDEO_LAYERS, **kw.pop("unet", {})})
+    return LatentDiffusionModule(stage=kw.pop("stage", "video"), init_from=str(init_from), temporal_layers=layers,
                                  num_val_samples=0, **kw)
 
 
@@ -239,13 +249,66 @@ def test_wrong_checkpoint_kind_is_a_clear_error(tmp_path):
                                  video.unet.state_dict())
     with pytest.raises(DriveSimInputError, match="video checkpoint cannot initialise the image"):
         LatentDiffusionModule(tiny_unet(), init_from=str(video_file))
-    with pytest.raises(DriveSimInputError, match="video model"):
+    with pytest.raises(DriveSimInputError, match="field 'unet.temporal'.*not an image model"):
         video_module(tmp_path, video_file)
-    with pytest.raises(ValueError, match="temporal=True"):
+    with pytest.raises(DriveSimInputError, match="field 'unet.temporal'.*temporal=True"):
         LatentDiffusionModule(tiny_unet(), stage="video")
     with pytest.raises(DriveSimInputError, match="not found"):
         LatentDiffusionModule(tiny_unet(), init_from=str(tmp_path / "nope.ckpt"))
 
+
+
+def test_video_stage_takes_its_spatial_unet_from_init_from(tmp_path):
+    image = LatentDiffusionModule(tiny_unet(model_channels=8, norm_groups=4), num_val_samples=0)
+    perturb(image)
+    image_file = save_image_unet(tmp_path, image.unet)
+    video = video_module(tmp_path, image_file, stage="interpolation", unet={"num_regimes": 2})
+    # the file's spatial config (not the TINY defaults), the stated temporal settings, the file's weights
+    assert video.unet.config == {**image.unet.config, "temporal": True, **VIDEO_LAYERS, "num_regimes": 2}
+    spatial = {k: v for k, v in image.unet.state_dict().items()}
+    assert all(torch.equal(video.unet.state_dict()[k], v) for k, v in spatial.items())
+    # the hyper-parameters hold plain values, so a checkpoint loads weights-only
+    assert video.hparams.temporal_layers == {**asdict(TemporalLayers()), **VIDEO_LAYERS, "num_regimes": 2}
+    torch.save({"hyper_parameters": dict(video.hparams)}, tmp_path / "hp.ckpt")
+    assert torch.load(tmp_path / "hp.ckpt", weights_only=True)["hyper_parameters"]["stage"] == "interpolation"
+    # the model file carries the full UNet config: the network is rebuilt from the file alone
+    from drivesim.inference import load_model
+
+    video_file = save_model_file(tmp_path / "video.pt", UNET_KIND, video.model_hparams(), video.unet.state_dict())
+    assert load_model(video_file, "interpolation").network.config == video.unet.config
+    # a full video UNet (e.g. rebuilt from a checkpoint) without init_from; stated settings must agree
+    again = LatentDiffusionModule(UNet(**video.unet.config), stage="interpolation", num_val_samples=0,
+                                  temporal_layers=asdict(TemporalLayers(**VIDEO_LAYERS, num_regimes=2)))
+    assert again.unet.config == video.unet.config
+    with pytest.raises(DriveSimInputError, match="field 'temporal_layers.max_frames'"):
+        LatentDiffusionModule(UNet(**video.unet.config), stage="interpolation",
+                              temporal_layers=TemporalLayers(**{**VIDEO_LAYERS, "max_frames": 4}, num_regimes=2))
+
+
+def test_a_setting_stated_twice_or_missing_names_its_field(tmp_path):
+    image_file = save_image_unet(tmp_path, tiny_unet())
+    with pytest.raises(DriveSimInputError, match="field 'unet'.*from init_from"):  # spatial keys for a video stage
+        LatentDiffusionModule(tiny_unet(temporal=True, use_context=True), stage="video", init_from=str(image_file))
+    with pytest.raises(DriveSimInputError, match="field 'init_from'"):
+        LatentDiffusionModule(stage="video", temporal_layers=TemporalLayers())
+    with pytest.raises(DriveSimInputError, match="field 'temporal_layers'.*only the video stages"):
+        LatentDiffusionModule(tiny_unet(), temporal_layers=TemporalLayers())
+    with pytest.raises(DriveSimInputError, match="field 'unet'.*image stage needs"):
+        LatentDiffusionModule()
+    with pytest.raises(DriveSimInputError, match="field 'temporal_layers.model_channels'"):
+        LatentDiffusionModule(stage="video", init_from=str(image_file), temporal_layers={"model_channels": 64})
+    with pytest.raises(DriveSimInputError, match="field 'temporal_layers'.*not accepted"):
+        video_module(tmp_path, image_file, unet={"alpha_mode": "sometimes"})
+    with pytest.raises(DriveSimInputError, match="field 'temporal_layers.use_context'"):
+        video_module(tmp_path, image_file, unet={"use_context": False})
+    with pytest.raises(DriveSimInputError, match="field 'temporal_layers.num_regimes'"):
+        video_module(tmp_path, image_file, stage="interpolation")  # a regime label needs its embedding
+    with pytest.raises(DriveSimInputError, match="field 'temporal_layers.num_regimes'"):
+        video_module(tmp_path, image_file, unet={"num_regimes": 2})
+    with pytest.raises(DriveSimInputError, match="field 'stage'"):
+        LatentDiffusionModule(tiny_unet(), stage="audio")
+    with pytest.raises(DriveSimInputError, match="field 'drop_boxes'"):
+        LatentDiffusionModule(tiny_unet(), drop_boxes=1.5)
 
 @pytest.mark.parametrize("stage", ["video", "interpolation"])
 def test_video_stages_reproduce_context_at_sampling(tmp_path, stage):
