@@ -23,10 +23,9 @@ def test_data_help_lists_tools(capsys):
 
 
 def test_unknown_command_is_a_usage_error(capsys):
-    with pytest.raises(SystemExit) as exc:
-        cli.main(["trian"])
-    assert exc.value.code == 2
-    assert "invalid choice: 'trian'" in capsys.readouterr().err
+    assert cli.main(["trian"]) == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'trian'" in err and "eval" in err   # names the commands there are
 
 
 def test_every_registered_tool_module_has_the_tool_interface():

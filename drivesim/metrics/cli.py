@@ -1,4 +1,4 @@
-"""`drivesim eval`: FVD / FID / oracle metrics of fake videos against real ones -> report.json.
+"""`drivesim eval`: FVD / FID / oracle / C2ST metrics of fake videos against real ones -> report.json.
 
     drivesim eval --real data/test --fake runs/rollouts --metrics fvd,fid,oracle \\
         --out eval/report.json --i3d ~/weights/i3d_torchscript.pt \\
@@ -15,13 +15,14 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from drivesim.metrics.c2st import C2STConfig
 from drivesim.metrics.evaluate import Evaluator, flat_metrics, parse_metrics
-from drivesim.metrics.extractors import file_sha256, load_torchscript, resolve_weights
+from drivesim.metrics.extractors import load_detector
 from drivesim.metrics.frechet import FeatureStats
 from drivesim.metrics.oracle.model import OracleConfig, default_cache_dir, load_or_train_oracle
 from drivesim.metrics.plots import plot_drift, sample_grid, save_png
 from drivesim.metrics.protocol import EvalProtocol
-from drivesim.metrics.report import build_report, write_report
+from drivesim.metrics.report import build_report, mark_weights, write_report
 from drivesim.metrics.sources import dataset_fingerprint, list_sources
 from drivesim.utils.io import DriveSimInputError
 
@@ -31,10 +32,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--real", required=True, help="real videos: clip-format dataset or mp4 folder")
     p.add_argument("--real-split", default=None, help="manifest split of the real set (e.g. test)")
     p.add_argument("--fake", required=True, help="generated videos: clip folders or mp4 folder")
-    p.add_argument("--metrics", default="fvd,fid,oracle", help="comma list of fvd,fid,oracle,temporal")
+    p.add_argument("--metrics", default="fvd,fid,oracle", help="comma list of fvd,fid,oracle,temporal,c2st")
     p.add_argument("--out", required=True, help="report.json path (plots are written beside it)")
     p.add_argument("--i3d", default=None, help="i3d_torchscript.pt (or env DRIVESIM_I3D)")
     p.add_argument("--inception", default=None, help="inception-2015-12-05.pt (or env DRIVESIM_INCEPTION)")
+    p.add_argument("--allow-unknown-weights", action="store_true",
+                   help="accept I3D / Inception files whose SHA-256 is not the published one "
+                        "(the report marks those metrics as non-standard)")
     p.add_argument("--oracle", default=None, help="oracle checkpoint; default: cached/trained under --cache-dir")
     p.add_argument("--cache-dir", default=None, help="real-statistics and oracle cache (default ~/.cache/drivesim or DRIVESIM_CACHE)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write cached real statistics")
@@ -43,12 +47,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--frames", type=int, default=d.frames_per_clip, help="frames per FVD clip")
     p.add_argument("--frame-stride", type=int, default=d.frame_stride)
     p.add_argument("--fps", type=float, default=None, help="sample clips at this rate (overrides --frame-stride)")
+    p.add_argument("--clip-sampling", choices=("auto", "one_per_video", "consecutive"), default=d.clip_sampling,
+                   help="FVD clips: one per video at a random offset (StyleGAN-V), back to back "
+                        "from frame 0, or auto (one per video when a side has >= --num-clips videos)")
+    p.add_argument("--seed", type=int, default=d.seed, help="clip offsets and the C2ST classifier")
     p.add_argument("--max-clips-per-video", type=int, default=None)
     p.add_argument("--resize", choices=("squash", "center_crop"), default=d.resize)
     p.add_argument("--fid-frames", type=int, default=d.fid_num_frames)
     p.add_argument("--fid-frame-stride", type=int, default=d.fid_frame_stride)
     p.add_argument("--oracle-real-frames", type=int, default=d.oracle_real_frames)
     p.add_argument("--window-seconds", type=float, default=d.window_seconds, help="drift window; 0 = none")
+    p.add_argument("--min-window-clips", type=int, default=d.min_window_clips,
+                   help="no per-window FVD below this many fake clips in the window")
+    p.add_argument("--min-window-frames", type=int, default=d.min_window_frames,
+                   help="no per-window FID below this many fake frames in the window")
+    p.add_argument("--covariance", choices=("n-1", "n"), default=d.covariance,
+                   help="Fréchet covariance normalisation: n-1 (np.cov, TTUR) or n (StyleGAN-V)")
+    c = C2STConfig()
+    p.add_argument("--c2st-steps", type=int, default=c.steps, help="C2ST classifier training steps per fold")
+    p.add_argument("--c2st-clips-per-video", type=int, default=d.c2st_clips_per_video)
+    p.add_argument("--c2st-max-clips", type=int, default=d.c2st_max_clips, help="C2ST clips per side")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--tensorboard", default=None, help="also log scalars, drift curves and samples here")
     p.add_argument("--no-progress", action="store_true")
@@ -58,33 +76,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _protocol(args: argparse.Namespace) -> EvalProtocol:
     return EvalProtocol(
         num_clips=args.num_clips, frames_per_clip=args.frames, frame_stride=args.frame_stride,
-        fps=args.fps, max_clips_per_video=args.max_clips_per_video, resize=args.resize,
+        fps=args.fps, clip_sampling=args.clip_sampling, seed=args.seed,
+        max_clips_per_video=args.max_clips_per_video, resize=args.resize,
         fid_num_frames=args.fid_frames, fid_frame_stride=args.fid_frame_stride,
         oracle_real_frames=args.oracle_real_frames,
         window_seconds=args.window_seconds if args.window_seconds else None,
+        min_window_clips=args.min_window_clips, min_window_frames=args.min_window_frames,
+        covariance=args.covariance, c2st_clips_per_video=args.c2st_clips_per_video,
+        c2st_max_clips=args.c2st_max_clips,
         real_set=f"{Path(args.real).resolve()}" + (f" split={args.real_split}" if args.real_split else ""))
 
 
-def _extractors(args: argparse.Namespace, metrics: tuple[str, ...]) -> tuple[dict, dict, dict]:
-    """Load detectors first, so missing weights fail before any video is read."""
-    modules, paths, info = {}, {}, {}
+def _extractors(args: argparse.Namespace, metrics: tuple[str, ...]) -> tuple[dict, dict]:
+    """Load detectors first, so missing or unknown weights fail before any video is read."""
+    modules, info = {}, {}
     for metric, kind, path in (("fvd", "i3d", args.i3d), ("fid", "inception", args.inception)):
         if metric in metrics:
-            paths[metric] = resolve_weights(kind, path)
-            modules[kind] = load_torchscript(kind, paths[metric])
-            info[kind] = {"file": str(paths[metric]), "sha256": file_sha256(paths[metric])}
-    return modules, paths, info
+            modules[kind], weights = load_detector(kind, path, allow_unknown=args.allow_unknown_weights)
+            info[kind] = weights.to_dict()
+    return modules, info
 
 
-def _cache_paths(args: argparse.Namespace, protocol: EvalProtocol, info: dict) -> dict[str, Path]:
-    """Real-statistics cache files keyed by dataset + protocol + extractor file hash."""
+def _cache_paths(args: argparse.Namespace, protocol: EvalProtocol, info: dict, num_real: int) -> dict[str, Path]:
+    """Real-statistics cache files keyed by dataset + protocol (with the clip sampling the real
+    side resolves to) + extractor file hash."""
     if args.no_cache:
         return {}
     root = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
     fingerprint = dataset_fingerprint(args.real, args.real_split)
     kinds = {"fvd": "i3d", "fid": "inception"}
-    return {m: root / "stats" / f"{m}-{protocol.key(m, fingerprint, info[k]['sha256'])}.npz"
+    return {m: root / "stats" / f"{m}-{protocol.key(m, fingerprint, info[k]['sha256'], protocol.sampling_for(num_real))}.npz"
             for m, k in kinds.items() if k in info}
+
+
+def _listing(root: str, split: str | None, flag: str) -> list:
+    """``list_sources`` with a missing or empty folder reported against its flag."""
+    try:
+        return list_sources(root, split)
+    except DriveSimInputError as err:
+        if err.field != "path":
+            raise
+        raise DriveSimInputError(err.message, path=err.path, field=flag, value=root) from err
 
 
 def _progress(args: argparse.Namespace, total: int, desc: str):
@@ -97,20 +129,22 @@ def _progress(args: argparse.Namespace, total: int, desc: str):
 
 def _evaluate(args: argparse.Namespace, out: Path) -> dict:
     metrics, protocol = parse_metrics(args.metrics), _protocol(args)
-    modules, _, info = _extractors(args, metrics)
-    real_list, fake_list = list_sources(args.real, args.real_split), list_sources(args.fake)
+    modules, info = _extractors(args, metrics)
+    real_list, fake_list = _listing(args.real, args.real_split, "--real"), _listing(args.fake, None, "--fake")
+    num_videos = {True: len(real_list), False: len(fake_list)}
     oracle = None
     if "oracle" in metrics:
         oracle = load_or_train_oracle(OracleConfig(), path=args.oracle, cache_dir=args.cache_dir)
         info["oracle"] = {"file": args.oracle or "cache", "config": asdict(oracle.config)}
-    caches = _cache_paths(args, protocol, info)
+    caches = _cache_paths(args, protocol, info, num_videos[True])
     cached = {m: FeatureStats.load(p) for m, p in caches.items() if p.is_file()}
     ev = Evaluator(metrics, protocol=protocol, i3d=modules.get("i3d"), inception=modules.get("inception"),
-                   oracle=oracle, real_stats=cached, batch_size=args.batch_size)
+                   oracle=oracle, real_stats=cached, batch_size=args.batch_size, num_videos=num_videos,
+                   c2st=C2STConfig(steps=args.c2st_steps, seed=args.seed))
     for items, real, desc in ((real_list, True, "real"), (fake_list, False, "fake")):
         for _, opener in _progress(args, len(items), desc)(items):
             ev.add(opener(), real=real)
-    result = ev.result()
+    result = mark_weights(ev.result(), info)
     result["protocol"] = protocol.to_dict()
     for m, stats in ev.real_stats().items():
         if m in caches and m not in cached and stats.count >= 2:
@@ -149,15 +183,12 @@ def _tensorboard(log_dir: str, result: dict, grid) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Bad inputs raise ``DriveSimInputError``; ``drivesim`` prints them as one line, exit 2."""
     out = Path(args.out)
-    try:
-        if out.exists() and not args.overwrite:
-            raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
-        report = _evaluate(args, out)
-        write_report(out, report, overwrite=args.overwrite)
-    except (DriveSimInputError, FileExistsError, ValueError) as err:
-        print(f"drivesim eval: error: {err}", file=sys.stderr)
-        return 2
+    if out.exists() and not args.overwrite:
+        raise DriveSimInputError("exists; pass --overwrite to replace it", path=out, field="--out")
+    report = _evaluate(args, out)
+    write_report(out, report, overwrite=args.overwrite)
     summary = ", ".join(f"{k}={v:.4g}" for k, v in flat_metrics(report).items())
     print(f"wrote {out} ({summary})")
     return 0

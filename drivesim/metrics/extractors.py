@@ -9,6 +9,10 @@ environment variable). The call interfaces are those of the files everybody repo
 - Inception, StyleGAN2-ADA ``inception-2015-12-05.pt``:
   ``detector(uint8 [B, 3, H, W], return_features=True) -> [B, 2048]`` (pool3 features of the
   TF-ported FID Inception; it resizes to 299 internally).
+
+Any TorchScript file with that call signature would run, so a file is recognised by its
+SHA-256 (``PUBLISHED_WEIGHTS``): an unknown file is refused unless the caller allows it
+(``--allow-unknown-weights``), and then the report marks the metric as non-standard.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import hashlib
 import os
 import warnings
 import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -39,8 +45,39 @@ _WEIGHTS_HELP = {
 }
 
 
+# SHA-256 of the published detector files. Neither publisher lists a checksum next to the
+# download; these are the digests that independent projects verifying those downloads agree
+# on (the I3D one, 51,235,320 bytes, in several FVD evaluation setups; the Inception one,
+# 95,607,719 bytes, in k-diffusion's download check). docs/evaluation.md says how to extend it.
+PUBLISHED_WEIGHTS: dict[str, dict[str, str]] = {
+    "i3d": {"bec6519f66ea534e953026b4ae2c65553c17bf105611c746d904657e5860a5e2":
+            "StyleGAN-V i3d_torchscript.pt (51,235,320 bytes)"},
+    "inception": {"f58cb9b6ec323ed63459aa4fb441fe750cfe39fafad6da5cb504a16f19e958f4":
+                  "StyleGAN2-ADA inception-2015-12-05.pt (95,607,719 bytes)"},
+}
+
+
 class MissingWeightsError(DriveSimInputError):
     """The feature-extractor weights are not where the user said (or nowhere was said)."""
+
+
+class UnknownWeightsError(DriveSimInputError):
+    """A detector file whose SHA-256 is not a published one (and unknown files are not allowed)."""
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    """What the report records about a detector file."""
+
+    kind: str
+    file: str
+    sha256: str
+    published: bool
+    published_name: str | None
+
+    def to_dict(self) -> dict:
+        return {"file": self.file, "sha256": self.sha256, "published": self.published,
+                "published_name": self.published_name}
 
 
 def weights_help(kind: str) -> str:
@@ -64,13 +101,45 @@ def resolve_weights(kind: str, path: str | os.PathLike | None) -> Path:
     return p
 
 
-def load_torchscript(kind: str, path: str | os.PathLike | None) -> torch.jit.ScriptModule:
-    """Load a TorchScript detector; a state-dict or pickle file is refused with an explanation."""
+def check_weights(kind: str, path: str | os.PathLike | None, *, allow_unknown: bool = False,
+                  known: Mapping[str, str] | None = None) -> WeightsInfo:
+    """Hash the detector file and compare with ``known`` (default: the published files).
+
+    An unknown file raises :class:`UnknownWeightsError` unless ``allow_unknown``: its FVD / FID
+    would not be comparable with anybody's, and a wrong network gives a wrong number silently.
+    """
     p = resolve_weights(kind, path)
-    if not zipfile.is_zipfile(p):
+    if not zipfile.is_zipfile(p):  # before the hash: the more useful message for a state dict
         raise MissingWeightsError(f"not a TorchScript archive (expected '{_WEIGHTS_HELP[kind][0]}'); "
                                   "state-dict files such as pt_inception-2015-12-05-*.pth and "
                                   "pickles (.pkl) are not supported. " + weights_help(kind), path=p)
+    table = PUBLISHED_WEIGHTS[kind] if known is None else dict(known)
+    digest = file_sha256(p)
+    name = table.get(digest)
+    if name is None and not allow_unknown:
+        expected = ", ".join(f"{h[:12]}... ({n})" for h, n in table.items()) or "none registered"
+        raise UnknownWeightsError(
+            f"not the published {_WEIGHTS_HELP[kind][0]} (expected SHA-256 {expected}); a different "
+            "network gives numbers nobody can compare. Pass --allow-unknown-weights to use it anyway "
+            "(the report then marks the metric as non-standard)", path=p, field="sha256", value=digest)
+    return WeightsInfo(kind, str(p), digest, name is not None, name)
+
+
+def load_detector(kind: str, path: str | os.PathLike | None, *, allow_unknown: bool = False,
+                  known: Mapping[str, str] | None = None) -> tuple[torch.jit.ScriptModule, WeightsInfo]:
+    """:func:`check_weights` then :func:`load_torchscript`: the module and its report entry."""
+    info = check_weights(kind, path, allow_unknown=allow_unknown, known=known)
+    return _load_archive(kind, Path(info.file)), info
+
+
+def load_torchscript(kind: str, path: str | os.PathLike | None, *, allow_unknown: bool = False,
+                     known: Mapping[str, str] | None = None) -> torch.jit.ScriptModule:
+    """Load a TorchScript detector after checking its hash (see :func:`check_weights`); a
+    state-dict or pickle file is refused with an explanation."""
+    return load_detector(kind, path, allow_unknown=allow_unknown, known=known)[0]
+
+
+def _load_archive(kind: str, p: Path) -> torch.jit.ScriptModule:
     try:
         with warnings.catch_warnings():  # TorchScript is deprecated in torch, but it is the
             warnings.simplefilter("ignore", DeprecationWarning)  # format these weights ship in

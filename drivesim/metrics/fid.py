@@ -39,10 +39,10 @@ def set_fid_real_stats(metric: FrechetInceptionDistance, stats: FeatureStats) ->
     metric.real_features_cov_sum = stats.outer.to(device)
 
 
-def compute_fid(metric: FrechetInceptionDistance, min_frames: int = MIN_RELIABLE_FRAMES) -> float:
+def compute_fid(metric: FrechetInceptionDistance, min_frames: int = MIN_RELIABLE_FRAMES, ddof: int = 1) -> float:
     real, fake = fid_stats(metric, True), fid_stats(metric, False)
     for name, st in (("real", real), ("fake", fake)):
         if st.count < min_frames:
             warnings.warn(f"FID: only {st.count} {name} frames (< {min_frames}); the value is biased "
                           "upwards and not comparable with published numbers", stacklevel=2)
-    return frechet_distance_stats(real, fake)
+    return frechet_distance_stats(real, fake, ddof)

@@ -58,15 +58,19 @@ class FeatureStats:
         self._need(1)
         return self.total / self.count
 
-    def cov(self) -> torch.Tensor:
-        """Unbiased covariance (divide by N - 1), as FID reference code (np.cov) does."""
+    def cov(self, ddof: int = 1) -> torch.Tensor:
+        """Covariance dividing by N - ``ddof``: 1 (unbiased) as the FID reference code (np.cov)
+        does, 0 as StyleGAN-V / StyleGAN2-ADA's ``FeatureStats.get_mean_cov`` does."""
+        if ddof not in (0, 1):
+            raise ValueError(f"ddof: expected 0 or 1, got {ddof!r}")
         self._need(2)
         mu = self.mean()
-        return (self.outer - self.count * torch.outer(mu, mu)) / (self.count - 1)
+        return (self.outer - self.count * torch.outer(mu, mu)) / (self.count - ddof)
 
     def _need(self, n: int) -> None:
         if self.count < n:
-            raise ValueError(f"Fréchet statistics need at least {n} samples, have {self.count}")
+            raise DriveSimInputError(f"Fréchet statistics need at least {n} samples (videos shorter "
+                                     "than one clip give none)", field="samples", value=self.count)
 
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> None:
         """Write as ``.npz`` (no pickle) atomically."""
@@ -126,5 +130,6 @@ def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor,
     return max(float(mean_term + cov_term), 0.0)
 
 
-def frechet_distance_stats(a: FeatureStats, b: FeatureStats) -> float:
-    return frechet_distance(a.mean(), a.cov(), b.mean(), b.cov())
+def frechet_distance_stats(a: FeatureStats, b: FeatureStats, ddof: int = 1) -> float:
+    """Fréchet distance of two streamed statistics; ``ddof`` as in :meth:`FeatureStats.cov`."""
+    return frechet_distance(a.mean(), a.cov(ddof), b.mean(), b.cov(ddof))

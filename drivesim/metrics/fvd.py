@@ -23,6 +23,7 @@ class FeatureFrechetMetric(Metric):
     ``update(samples, real)`` runs the extractor; ``update_features(features, real)`` (or
     ``update(..., features=True)``) takes features directly.
     With ``reset_real=False`` real statistics survive ``reset()`` (cached real set, validation).
+    ``ddof``: covariance normalisation, 1 (divide by N - 1) or 0 (by N, as StyleGAN-V).
     """
 
     full_state_update = False
@@ -31,10 +32,11 @@ class FeatureFrechetMetric(Metric):
     unit = "sample"
 
     def __init__(self, extractor: nn.Module | None, num_features: int, *,
-                 reset_real: bool = True, min_samples: int = MIN_RELIABLE_CLIPS, **kwargs) -> None:
+                 reset_real: bool = True, min_samples: int = MIN_RELIABLE_CLIPS, ddof: int = 1,
+                 **kwargs) -> None:
         super().__init__(**kwargs)
         self.extractor, self.num_features = extractor, int(num_features)
-        self.reset_real, self.min_samples = reset_real, min_samples
+        self.reset_real, self.min_samples, self.ddof = reset_real, min_samples, ddof
         d = self.num_features
         for side in ("real", "fake"):
             self.add_state(f"{side}_count", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
@@ -79,7 +81,7 @@ class FeatureFrechetMetric(Metric):
                 warnings.warn(f"{type(self).__name__}: only {st.count} {name} {self.unit}s (< "
                               f"{self.min_samples}); the value is biased upwards and not comparable "
                               "with published numbers", stacklevel=2)
-        return torch.tensor(frechet_distance_stats(real, fake), dtype=torch.float64)
+        return torch.tensor(frechet_distance_stats(real, fake, self.ddof), dtype=torch.float64)
 
     def reset(self) -> None:
         keep = None if self.reset_real else self.stats(True)

@@ -1,4 +1,5 @@
-"""PNG plots next to report.json: drift curves per time window and a sample grid."""
+"""PNG plots next to report.json: drift curves per time window (with the real clips' level
+beside each metric) and a sample grid."""
 
 from __future__ import annotations
 
@@ -33,12 +34,36 @@ def drift_series(result: dict) -> dict[str, tuple[list[float], list[float]]]:
         for key in ("recall", "precision", "mean_iou"):
             add(f"box {key}", rows, lambda r, k=key: r["box_fidelity"][k])
         add("day/night accuracy", rows, lambda r: r["daynight"]["accuracy"])
+    for variant in ("frame", "clip"):
+        if result.get("c2st", {}).get(variant, {}).get("windows"):
+            add(f"C2ST {variant} accuracy", result["c2st"][variant]["windows"], lambda r: r["accuracy"])
     return series
 
 
+def real_levels(result: dict) -> dict[str, float]:
+    """``name -> value`` of the real clips for the series of :func:`drift_series`: FVD / FID
+    and temporal W1 between two halves of the real videos, the oracle's scores on the real
+    clips, and 0.5 (indistinguishable) for the C2ST."""
+    levels: dict[str, float | None] = {}
+    for name in ("fvd", "fid"):
+        if name in result:
+            levels[name.upper()] = result[name].get("real_level")
+    if "temporal" in result:
+        levels["temporal W1 (frame diff)"] = result["temporal"].get("real_level")
+    oracle = result.get("oracle", {}).get("real_level", {})
+    for key in ("recall", "precision", "mean_iou"):
+        levels[f"box {key}"] = oracle.get(key)
+    levels["day/night accuracy"] = oracle.get("daynight_accuracy")
+    if "c2st" in result:
+        for variant in ("frame", "clip"):
+            levels[f"C2ST {variant} accuracy"] = result["c2st"].get("real_level")
+    return {k: float(v) for k, v in levels.items() if v is not None}
+
+
 def plot_drift(result: dict, path: str | os.PathLike, *, overwrite: bool = False) -> Path | None:
-    """One panel per metric against the window start time; None when nothing is windowed."""
-    series = drift_series(result)
+    """One panel per metric against the window start time, the real clips' level as a dashed
+    line (see :func:`real_levels`); None when nothing is windowed."""
+    series, levels = drift_series(result), real_levels(result)
     if not series:
         return None
     import matplotlib
@@ -48,7 +73,10 @@ def plot_drift(result: dict, path: str | os.PathLike, *, overwrite: bool = False
 
     fig, axes = plt.subplots(len(series), 1, figsize=(6, 2.2 * len(series)), squeeze=False)
     for ax, (name, (x, y)) in zip(axes[:, 0], series.items()):
-        ax.plot(x, y, marker="o")
+        ax.plot(x, y, marker="o", label="generated")
+        if name in levels:
+            ax.axhline(levels[name], color="tab:green", linestyle="--", label="real clips")
+            ax.legend(fontsize=6, loc="best")
         ax.set_ylabel(name, fontsize=8)
         ax.grid(alpha=0.3)
     axes[-1, 0].set_xlabel("window start (s)")

@@ -32,6 +32,20 @@ def build_report(result: dict, *, inputs: dict, extractors: dict, plots: list[st
             **{k: v for k, v in result.items() if k != "protocol"}}
 
 
+def mark_weights(result: dict, extractors: dict) -> dict:
+    """Record in the FVD / FID groups which detector file produced them and whether it is the
+    published one; a non-published file makes the metric ``standard: false``."""
+    for metric, kind in (("fvd", "i3d"), ("fid", "inception")):
+        if metric in result and kind in extractors:
+            info = extractors[kind]
+            result[metric]["weights_sha256"] = info["sha256"]
+            result[metric]["standard"] = bool(info["published"])
+            if not info["published"]:
+                result[metric]["note"] = (f"non-standard: {kind} file {info['file']} is not the published "
+                                          "one (SHA-256 unknown); not comparable with published numbers")
+    return result
+
+
 def write_report(path: str | os.PathLike, report: dict, *, overwrite: bool = False) -> Path:
     atomic_write_json(path, _jsonable(report), overwrite=overwrite)
     return Path(path)

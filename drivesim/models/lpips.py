@@ -50,6 +50,12 @@ class LPIPS(nn.Module):
         self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1))
         self.register_buffer("scale", torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1))
         self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> LPIPS:
+        """Always evaluation mode: the heads' dropout belongs to training LPIPS itself, and in a
+        metric it would make the distance random."""
+        return super().train(False)
 
     def _taps(self, x: torch.Tensor) -> list[torch.Tensor]:
         feats, h = [], (x - self.shift) / self.scale

@@ -1,11 +1,13 @@
 """LightningCLI wiring for `drivesim fit|validate|test|predict --config configs/...yaml`.
 
 Configs name the LightningModule and the DataModule by `class_path` (subclass mode), so one
-entry point trains every stage; constructor signatures are the config (DESIGN §5).
+entry point trains every stage; constructor signatures are the config (docs/architecture.md,
+"Code style").
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import warnings
@@ -18,6 +20,8 @@ from jsonargparse import Namespace
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+from drivesim.utils.io import DriveSimInputError, input_error_in
 
 _BF16 = ("bf16-mixed", "bf16", "bf16-true")
 
@@ -110,6 +114,17 @@ def find_last_checkpoint(roots: Iterable[str | os.PathLike], dirpaths: Iterable[
     return max(found, key=lambda p: (p.stat().st_mtime_ns, str(p))) if found else None
 
 
+def name_config_field(err: DriveSimInputError, config: Any) -> DriveSimInputError:
+    """``err`` with its field set to the config key holding its path (``fit.model.init_args.
+    autoencoder_path``), when the error names a file but no field and the config names that file."""
+    if err.path is None or err.field is not None or not hasattr(config, "items"):
+        return err
+    keys = [k for k, v in config.items() if isinstance(v, (str, os.PathLike)) and str(v) == str(err.path)]
+    if not keys:
+        return err
+    return DriveSimInputError(err.message, path=err.path, field=keys[0], value=str(err.path))
+
+
 def _checkpoint_dirpaths(callbacks: Any) -> list[str]:
     out = []
     for cb in callbacks or []:
@@ -161,6 +176,31 @@ class DriveSimCLI(LightningCLI):
         for message in messages:
             rank_zero_warn(f"--ckpt_path {self.config[sub].get('ckpt_path')}: {message}")
 
+    def _set_seed(self) -> None:
+        """As LightningCLI's, but its "Seed set to N" line waits until the classes are built, so a
+        config error is the only line a failed start prints."""
+        seed_log = logging.getLogger("lightning.fabric.utilities.seed")
+        level = seed_log.level
+        seed_log.setLevel(logging.WARNING)
+        try:
+            super()._set_seed()
+        finally:
+            seed_log.setLevel(level)
+
+    def instantiate_classes(self) -> None:
+        """As LightningCLI's; a ``DriveSimInputError`` raised while building the classes (a model
+        file named in the config that does not exist) is re-raised naming the config key."""
+        try:
+            super().instantiate_classes()
+        except Exception as err:
+            found = input_error_in(err)
+            if found is None:
+                raise
+            raise name_config_field(found, self.config) from err
+        seed = self._get(self.config, "seed_everything")
+        if seed is not False:
+            rank_zero_info(f"Seed set to {seed}")
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         trainer = config["trainer"]
@@ -171,7 +211,14 @@ class DriveSimCLI(LightningCLI):
             trainer["precision"] = precision
 
 
+_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+
 def run_lightning_cli(args: Sequence[str], run: bool = True) -> DriveSimCLI:
+    """Parse, instantiate and run. Parse errors raise jsonargparse's ``ArgumentError`` instead of
+    printing the usage and exiting (``drivesim`` prints them as one line); a model constructor's
+    ``DriveSimInputError`` (a config naming a missing model file) stays in the cause chain of
+    jsonargparse's instantiation error, where ``drivesim.cli.user_error`` finds it."""
     return DriveSimCLI(
         model_class=LightningModule,
         datamodule_class=LightningDataModule,
@@ -180,5 +227,6 @@ def run_lightning_cli(args: Sequence[str], run: bool = True) -> DriveSimCLI:
         args=list(args),
         run=run,
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"prog": "drivesim"},
+        parser_kwargs={"prog": "drivesim", "exit_on_error": False,
+                       **{name: {"exit_on_error": False} for name in _SUBCOMMANDS}},
     )

@@ -30,9 +30,25 @@ class DriveSimInputError(ValueError):
             parts.append(f"value {text[:200]}")
         prefix = ": ".join([", ".join(parts)]) if parts else ""
         super().__init__(f"{prefix}: {message}" if prefix else message)
+        self.message = message  # without the file / field / value prefix
         self.path = path
         self.field = field
         self.value = value
+
+
+def input_error_in(err: BaseException) -> DriveSimInputError | None:
+    """The first ``DriveSimInputError`` in ``err`` or its cause / context chain (libraries such
+    as jsonargparse wrap the one a constructor raised in their own exception)."""
+    seen, todo = set(), [err]
+    while todo:
+        e = todo.pop(0)
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, DriveSimInputError):
+            return e
+        todo += [e.__cause__, e.__context__]
+    return None
 
 
 def current_umask() -> int:

@@ -149,7 +149,7 @@ def test_bad_label_csv_names_file_line_and_value(tmp_path):
 def test_empty_folder_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DriveSimInputError, match="no videos"):
-        main(["data", "videos", "--input", str(tmp_path / "empty"), "--out", str(tmp_path / "o")])
+        main(["data", "videos", "--input", str(tmp_path / "empty"), "--out", str(tmp_path / "o"), "--debug"])
 
 
 # ------------------------------------------------------------------------ common helpers

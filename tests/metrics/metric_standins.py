@@ -72,3 +72,10 @@ def save_standin(kind: str, path: str | os.PathLike, seed: int = 0, num_features
     with warnings.catch_warnings():  # torch.jit is deprecated; the real detectors are TorchScript
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.jit.script(module).save(str(path))
+
+
+def load_standin(kind: str, path: str | os.PathLike) -> torch.jit.ScriptModule:
+    """Load a saved stand-in: its SHA-256 is not a published one, so it needs ``allow_unknown``."""
+    from drivesim.metrics.extractors import load_torchscript
+
+    return load_torchscript(kind, path, allow_unknown=True)

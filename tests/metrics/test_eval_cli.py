@@ -56,7 +56,8 @@ def _args(root, *extra):
             str(root / "out" / "report.json"), "--i3d", str(root / "i3d.pt"), "--inception",
             str(root / "inception.pt"), "--oracle", str(root / "oracle.pt"), "--cache-dir",
             str(root / "cache"), "--num-clips", "8", "--frames", "8", "--fid-frames", "60",
-            "--window-seconds", "1", "--no-progress", "--metrics", "fvd,fid,oracle", *extra]
+            "--window-seconds", "1", "--no-progress", "--metrics", "fvd,fid,oracle",
+            "--allow-unknown-weights", "--min-window-clips", "2", "--min-window-frames", "2", *extra]
 
 
 def test_eval_cli_end_to_end_with_cache(setup, capsys):
@@ -69,13 +70,18 @@ def test_eval_cli_end_to_end_with_cache(setup, capsys):
     # 36 frames -> 4 clips of 8 per video, capped at 8 per side
     assert report["fvd"]["real_clips"] == 8 and report["fvd"]["fake_clips"] == 8
     assert report["fid"]["real_frames"] == 60 and report["fid"]["fake_frames"] == 60
-    assert report["fvd"]["value"] >= 0 and report["fid"]["value"] >= 0
+    assert report["fvd"]["value"] > 0 and report["fid"]["value"] > 0
     assert [w["window"] for w in report["fvd"]["windows"]] == [0, 1, 2]
     assert report["temporal"]["w1"] is not None and report["temporal"]["real_pairs"] == 3 * 35
     assert report["oracle"]["box_fidelity"]["real"]["boxes"] == 3 * 36  # calibration side
     assert report["oracle"]["daynight"]["real"]["scored"] == 3 * 4       # 3 videos x 4 windows
     assert report["versions"]["torch"] == torch.__version__
     assert len(report["extractors"]["i3d"]["sha256"]) == 64
+    # stand-in weights: recorded as not the published files, the metrics as non-standard
+    assert report["extractors"]["i3d"]["published"] is False
+    assert report["fvd"]["standard"] is False and "non-standard" in report["fvd"]["note"]
+    assert report["fid"]["weights_sha256"] == report["extractors"]["inception"]["sha256"]
+    assert report["fvd"]["clip_sampling"] == {"real": "consecutive", "fake": "consecutive"}
     for name in report["plots"]:
         assert (root / "out" / name).stat().st_size > 0
     assert not report["fvd"]["real_from_cache"]
@@ -103,3 +109,48 @@ def test_eval_cli_missing_weights_and_bad_folder(setup, capsys, monkeypatch, tmp
             str(tmp_path / "r.json"), "--metrics", "temporal", "--no-progress"]
     assert main(args) == 2
     assert "no clips" in capsys.readouterr().err
+
+
+def test_eval_cli_refuses_unknown_weights(setup, capsys, tmp_path):
+    args = [a for a in _args(setup) if a != "--allow-unknown-weights"]
+    args[args.index("--out") + 1] = str(tmp_path / "r.json")
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("drivesim eval: error:") and "sha256" in err and "\n" not in err
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_eval_cli_c2st_needs_no_weights(setup, capsys, tmp_path, monkeypatch):
+    monkeypatch.delenv("DRIVESIM_I3D", raising=False)
+    out = tmp_path / "c2st.json"
+    args = ["eval", "--real", str(setup / "real"), "--fake", str(setup / "fake"), "--out", str(out),
+            "--metrics", "c2st", "--c2st-steps", "5", "--c2st-clips-per-video", "4", "--window-seconds", "2",
+            "--no-progress", "--no-cache"]
+    assert main(args) == 0
+    assert "c2st/frame=" in capsys.readouterr().out
+    report = json.loads(out.read_text())
+    c2st = report["c2st"]
+    assert c2st["real_clips"] == c2st["fake_clips"] == 3 * 4 and c2st["config"]["steps"] == 5
+    # 3 videos a side (< min_groups): split units are 10 s segments, one per 3.6 s video
+    assert c2st["frame"]["grouping"] == {"real": "segment", "fake": "segment"}
+    assert 0.0 <= c2st["frame"]["accuracy"] <= 1.0 and c2st["frame"]["held_out"] == 2 * 12 * 4
+    assert report["protocol"]["c2st_clips_per_video"] == 4
+    assert (tmp_path / "c2st_drift.png").stat().st_size > 0
+
+
+def test_eval_cli_real_against_itself_scores_below_a_different_set(setup, tmp_path):
+    """End to end: the real set against itself gives ~0, against the generated set clearly more
+    (the clamp at 0 alone would pass a '>= 0' check whatever the pipeline did)."""
+    scores = {}
+    for name, fake in (("same", setup / "real"), ("different", setup / "fake")):
+        args = _args(setup, "--no-cache")
+        args[args.index("--fake") + 1] = str(fake)
+        args[args.index("--out") + 1] = str(tmp_path / f"{name}.json")
+        args[args.index("--metrics") + 1] = "fvd,fid"
+        with pytest.warns(UserWarning, match="only"):
+            assert main(args) == 0
+        report = json.loads((tmp_path / f"{name}.json").read_text())
+        scores[name] = (report["fvd"]["value"], report["fid"]["value"])
+    for same, different in zip(scores["same"], scores["different"]):
+        assert same == pytest.approx(0.0, abs=1e-6)
+        assert different > 1e-4, scores   # stand-in features are small: FVD 1.4e-3, FID 7e-3

@@ -3,10 +3,9 @@
 import numpy as np
 import pytest
 import torch
-from metric_standins import save_standin
+from metric_standins import load_standin, save_standin
 
 from drivesim.metrics.evaluate import evaluate_videos, flat_metrics, parse_metrics
-from drivesim.metrics.extractors import load_torchscript
 from drivesim.metrics.protocol import EvalProtocol
 from drivesim.metrics.sources import VideoSource
 
@@ -30,7 +29,7 @@ def test_from_tensor_round_trip(generator):
 
 def test_evaluate_videos_in_memory(tmp_path, generator):
     save_standin("i3d", tmp_path / "i3d.pt", num_features=24)
-    i3d = load_torchscript("i3d", tmp_path / "i3d.pt")
+    i3d = load_standin("i3d", tmp_path / "i3d.pt")
     videos = [_smooth_video(generator) for _ in range(4)]
     protocol = EvalProtocol(num_clips=64, frames_per_clip=4, window_seconds=2.0)
     same = lambda: [VideoSource.from_tensor(f"v{i}", v, fps=5.0) for i, v in enumerate(videos)]  # noqa: E731

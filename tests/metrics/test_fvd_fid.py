@@ -1,12 +1,17 @@
 import pytest
 import torch
-from metric_standins import save_standin
+from metric_standins import load_standin, save_standin
 from torchmetrics.image.fid import FrechetInceptionDistance
 
 from drivesim.metrics.extractors import (
+    PUBLISHED_WEIGHTS,
     I3DFeatures,
     InceptionFeatures,
     MissingWeightsError,
+    UnknownWeightsError,
+    check_weights,
+    file_sha256,
+    load_detector,
     load_torchscript,
     resolve_weights,
 )
@@ -46,7 +51,7 @@ def test_i3d_wrapper_calls_detector_with_stylegan_v_interface(weights):
 
 
 def test_fvd_identical_zero_different_positive_and_streaming(weights, generator):
-    ext = I3DFeatures(load_torchscript("i3d", weights / "i3d_torchscript.pt"))
+    ext = I3DFeatures(load_standin("i3d", weights / "i3d_torchscript.pt"))
     real, fake = _videos(generator, 12), _videos(generator, 12, high=128)
     metric = FrechetVideoDistance(ext, min_samples=2)
     metric.update(real, real=True)
@@ -63,7 +68,7 @@ def test_fvd_identical_zero_different_positive_and_streaming(weights, generator)
 
 
 def test_two_rank_reduction_equals_single_process(weights, generator):
-    ext = I3DFeatures(load_torchscript("i3d", weights / "i3d_torchscript.pt"))
+    ext = I3DFeatures(load_standin("i3d", weights / "i3d_torchscript.pt"))
     real, fake = _videos(generator, 10), _videos(generator, 10, low=60)
     single = FrechetVideoDistance(ext, min_samples=2)
     single.update(real, real=True)
@@ -83,7 +88,7 @@ def test_two_rank_reduction_equals_single_process(weights, generator):
 
 
 def test_cached_real_stats_survive_reset_and_small_sample_warning(weights, generator):
-    ext = I3DFeatures(load_torchscript("i3d", weights / "i3d_torchscript.pt"))
+    ext = I3DFeatures(load_standin("i3d", weights / "i3d_torchscript.pt"))
     real, fake = _videos(generator, 6), _videos(generator, 6, high=100)
     reference = FrechetVideoDistance(ext)
     reference.update(real, real=True)
@@ -98,8 +103,8 @@ def test_cached_real_stats_survive_reset_and_small_sample_warning(weights, gener
 
 
 def test_fid_through_torchmetrics_matches_its_own_compute(weights, generator):
-    assert InceptionFeatures(load_torchscript("inception", weights / "inception-2015-12-05.pt")).num_features == 2048
-    ext = InceptionFeatures(load_torchscript("inception", weights / "inception-narrow.pt"))
+    assert InceptionFeatures(load_standin("inception", weights / "inception-2015-12-05.pt")).num_features == 2048
+    ext = InceptionFeatures(load_standin("inception", weights / "inception-narrow.pt"))
     assert ext.num_features == 256
     fid = build_fid(ext)
     assert isinstance(fid, FrechetInceptionDistance)
@@ -129,3 +134,49 @@ def test_missing_weights_errors_name_file_place_and_source(tmp_path, monkeypatch
     state_dict.write_bytes(b"\x80\x04not a zip")
     with pytest.raises(MissingWeightsError, match="state-dict"):
         load_torchscript("inception", state_dict)
+
+
+def test_weights_recognised_by_sha256(weights):
+    path = weights / "i3d_torchscript.pt"
+    digest = file_sha256(path)
+    # a TorchScript file with the right call signature but an unknown hash is refused ...
+    with pytest.raises(UnknownWeightsError) as err:
+        load_torchscript("i3d", path)
+    assert digest in str(err.value) and "--allow-unknown-weights" in str(err.value)
+    # ... unless allowed, and then it is recorded as not the published file
+    module, info = load_detector("i3d", path, allow_unknown=True)
+    assert isinstance(module, torch.jit.ScriptModule)
+    assert info.to_dict() == {"file": str(path), "sha256": digest, "published": False, "published_name": None}
+    # a file whose hash is in the table is recognised (here a fixture registers its own hash)
+    known = check_weights("i3d", path, known={digest: "fixture i3d"})
+    assert known.published and known.published_name == "fixture i3d"
+    # the two published detector files are what the default table holds
+    assert set(PUBLISHED_WEIGHTS) == {"i3d", "inception"}
+    for table in PUBLISHED_WEIGHTS.values():
+        assert len(table) == 1 and all(len(h) == 64 and int(h, 16) >= 0 for h in table)
+    with pytest.raises(UnknownWeightsError):
+        check_weights("inception", weights / "inception-2015-12-05.pt")
+
+
+def test_fvd_real_vs_other_set_scores_above_real_vs_itself(weights, generator):
+    """A real bug (swapped sides, a constant feature, a lost mean term) would make a different
+    set score no worse than the same set; the clamp alone guarantees only >= 0."""
+    ext = I3DFeatures(load_standin("i3d", weights / "i3d_torchscript.pt"))
+    real = _videos(generator, 24)
+    real_again = real[torch.randperm(24, generator=generator)]   # the same clips in another order
+    other = _videos(generator, 24, low=40, high=200)              # a different distribution
+
+    def fvd(fake):
+        m = FrechetVideoDistance(ext, min_samples=2)
+        m.update(real, real=True)
+        m.update(fake, real=False)
+        return float(m.compute())
+
+    same, different = fvd(real_again), fvd(other)
+    assert same == pytest.approx(0.0, abs=1e-6)
+    assert different > 100 * max(same, 1e-6)
+    # StyleGAN-V's normalisation (divide by N) gives a slightly smaller distance, never a different sign
+    m = FrechetVideoDistance(ext, min_samples=2, ddof=0)
+    m.update(real, real=True)
+    m.update(other, real=False)
+    assert 0 < float(m.compute()) < different

@@ -2,8 +2,10 @@
 autoencoder -> temporal decoder -> latent cache -> image LDM -> video LDM -> interpolation.
 
 Per stage: the fit finishes, losses are finite (and fall, for the autoencoder), the two ranks never see the same
-sample within an epoch (and together see all but < world_size of them), and the model file
-written by rank 0 loads in this single process."""
+sample within an epoch (and together see all but < world_size of them), both ranks end with
+bit-identical parameters and buffers after their steps (the autoencoder's latent statistics,
+estimated by each rank on its own shard, only agree closely), and the model file written by
+rank 0 loads in this single process."""
 
 import json
 import math
@@ -21,15 +23,17 @@ HERE = Path(__file__).resolve().parent
 UNET = {"model_channels": 16, "channel_mult": [1, 2], "num_res_blocks": 1,
         "attention_resolutions": [2], "num_head_channels": 16, "norm_groups": 8,
         "token_dim": 32, "max_boxes": 8}
-AE = {"base_channels": 8, "ch_mult": [1, 2, 2, 2], "num_res_blocks": 1, "disc_channels": 8,
-      "disc_layers": 1, "scale_batches": 1}
+AE = {"base_channels": 8, "ch_mult": [1, 2, 2, 2], "num_res_blocks": 1}   # the image stage's network
+AE_TRAIN = {"disc_channels": 8, "disc_layers": 1, "scale_batches": 1}
 
 
 def _fit(tmp: Path, name: str, config: str, model: dict, data: dict, max_steps: int,
-         unet: dict | None = None) -> Path:
+         unet: dict | None = None, autoencoder: dict | None = None) -> Path:
     out = tmp / name
     if unet is not None:
         model = {**model, "unet": {"init_args": unet}}
+    if autoencoder is not None:
+        model = {**model, "autoencoder": {"init_args": autoencoder}}
     cfg = write_config(tmp / f"{name}.yaml", {
         "seed_everything": 0,
         "trainer": {"max_steps": max_steps, "max_epochs": 50, "max_time": None, "logger": False,
@@ -40,6 +44,7 @@ def _fit(tmp: Path, name: str, config: str, model: dict, data: dict, max_steps: 
                         {"class_path": "drivesim.training.callbacks.LossRecorder",
                          "init_args": {"path": str(out / "losses")}},
                         {"class_path": "ddp_probe.BatchProbe", "init_args": {"path": str(out / "probe")}},
+                        {"class_path": "ddp_probe.WeightsProbe", "init_args": {"path": str(out / "weights")}},
                     ]},
         "model": {"init_args": {**model, "model_file": str(out / "model.safetensors")}},
         "data": {"init_args": {"height": 32, "width": 64, "num_workers": 0, "max_boxes": 8, **data}},
@@ -53,8 +58,31 @@ def _fit(tmp: Path, name: str, config: str, model: dict, data: dict, max_steps: 
     return out
 
 
+# Buffers each rank estimates from its own data shard (running latent variance and the scale
+# factor derived from it): they are not synchronised, so they agree only statistically.
+PER_RANK_STATISTICS = {"autoencoder.scale_factor", "latent_var_ema"}
+
+
+def _check_weights_identical(out: Path) -> None:
+    """The replicas must not drift apart: same step, and the same digest for every parameter and
+    every buffer on both ranks (per-rank statistics: finite and within a factor 1.5)."""
+    ranks = [json.loads((out / f"weights.rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["step"] == ranks[1]["step"] > 0
+    tensors = [r["tensors"] for r in ranks]
+    assert tensors[0].keys() == tensors[1].keys() and ranks[0]["parameters"]
+    differ = [k for k, v in tensors[0].items() if tensors[1][k] != v]
+    params = set(ranks[0]["parameters"])
+    assert not [k for k in differ if k in params], \
+        f"{out.name}: parameters differ across ranks after {ranks[0]['step']} steps: {differ[:8]}"
+    assert set(differ) <= PER_RANK_STATISTICS, f"{out.name}: buffers differ across ranks: {differ[:8]}"
+    for name in differ:
+        a, b = (r["scalars"][name] for r in ranks)
+        assert math.isfinite(a) and math.isfinite(b) and 1 / 1.5 < a / b < 1.5, (name, a, b)
+
+
 def _check_run(out: Path, dataset_size: int | None = None, batch_size: int = 1,
                falls: bool = False) -> None:
+    _check_weights_identical(out)
     records = read_records(out / "losses")
     assert {r["rank"] for r in records} == {0, 1}
     losses = [r["loss"] for r in sorted(records, key=lambda r: r["step"]) if r["rank"] == 0]
@@ -84,12 +112,13 @@ def test_every_stage_under_ddp_gloo(tmp_path):
     clips = {"source": "clips", "root": str(data)}
 
     ae = _fit(tmp_path, "ae", "configs/autoencoder/tiny.yaml",
-              {**AE, "disc_start": 20}, {**clips, "frames": 1, "batch_size": 2}, max_steps=20)
+              {**AE_TRAIN, "disc_start": 20}, {**clips, "frames": 1, "batch_size": 2}, max_steps=20,
+              autoencoder=AE)
     _check_run(ae, dataset_size=frames, batch_size=2, falls=True)
     assert load_autoencoder(ae / "model.safetensors").has_scale_factor()
 
     ae_t = _fit(tmp_path, "ae_t", "configs/autoencoder/temporal_tiny.yaml",
-                {**AE, "disc_start": 100, "init_from": str(ae / "model.safetensors")},
+                {**AE_TRAIN, "disc_start": 100, "init_from": str(ae / "model.safetensors")},
                 {**clips, "frames": 4, "batch_size": 1}, max_steps=6)
     _check_run(ae_t)
     assert load_autoencoder(ae_t / "model.safetensors").hparams["temporal_decoder"]
@@ -108,17 +137,17 @@ def test_every_stage_under_ddp_gloo(tmp_path):
     hp, _ = load_model_file(img / "model.safetensors", "ldm")
     assert hp["stage"] == "image"
 
-    video_unet = {**UNET, "temporal": True, "max_frames": 4, "use_context": True,
-                  "context_channels": 8}
+    # the video stages take the spatial UNet from the image model file and state only the temporal layers
+    layers = {"max_frames": 4, "use_context": True, "context_channels": 8}
     vid = _fit(tmp_path, "vid", "configs/video_ldm/tiny.yaml",
-               {**ldm_common, "init_from": str(img / "model.safetensors")},
-               {**lat, "frames": 4, "fps": 5.0, "batch_size": 2}, max_steps=8, unet=video_unet)
+               {**ldm_common, "init_from": str(img / "model.safetensors"), "temporal_layers": layers},
+               {**lat, "frames": 4, "fps": 5.0, "batch_size": 2}, max_steps=8)
     _check_run(vid)
     assert load_model_file(vid / "model.safetensors", "ldm")[0]["stage"] == "video"
 
     interp = _fit(tmp_path, "interp", "configs/video_ldm/interp_tiny.yaml",
-                  {**ldm_common, "init_from": str(img / "model.safetensors")},
-                  {**lat, "frames": 5, "fps": 5.0, "batch_size": 2}, max_steps=6,
-                  unet={**video_unet, "max_frames": 5, "num_regimes": 2})
+                  {**ldm_common, "init_from": str(img / "model.safetensors"),
+                   "temporal_layers": {**layers, "max_frames": 5, "num_regimes": 2}},
+                  {**lat, "frames": 5, "fps": 5.0, "batch_size": 2}, max_steps=6)
     _check_run(interp)
     assert load_model_file(interp / "model.safetensors", "ldm")[0]["stage"] == "interpolation"
