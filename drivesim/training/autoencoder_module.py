@@ -209,6 +209,8 @@ class AutoencoderModule(LightningModule):
         if self.hparams.stage == "temporal" and self.autoencoder.has_scale_factor():
             return
         var = z.double().var().float()
+        if self._trainer is not None and self.trainer.world_size > 1:  # one value on every rank (DDP replicas agree)
+            var = self.trainer.strategy.reduce(var, reduce_op="mean")
         ema = self.latent_var_ema
         self.latent_var_ema.copy_(var if torch.isnan(ema) else 0.99 * ema + 0.01 * var)
         self.autoencoder.set_scale_factor(float(self.latent_var_ema.clamp_min(1e-12).rsqrt()))
@@ -306,7 +308,9 @@ class AutoencoderModule(LightningModule):
             gen = torch.Generator(device=self.device).manual_seed(self.hparams.seed)
             batches = (b["video"].to(self.device) for b in self.trainer.train_dataloader)
             ae.eval()
-            ae.set_scale_factor(estimate_scale_factor(ae, batches, gen, self.hparams.scale_batches))
+            scale = estimate_scale_factor(ae, batches, gen, self.hparams.scale_batches)
+            # every rank keeps rank 0's estimate: the one the model file holds
+            ae.set_scale_factor(float(self.trainer.strategy.broadcast(scale, src=0)))
         if self.trainer.is_global_zero:
             path = save_model_file(self._model_file_path(), MODEL_KIND, ae.hparams, ae.state_dict(),
                                    overwrite=self.hparams.overwrite)

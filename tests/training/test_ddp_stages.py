@@ -58,14 +58,9 @@ def _fit(tmp: Path, name: str, config: str, model: dict, data: dict, max_steps: 
     return out
 
 
-# Buffers each rank estimates from its own data shard (running latent variance and the scale
-# factor derived from it): they are not synchronised, so they agree only statistically.
-PER_RANK_STATISTICS = {"autoencoder.scale_factor", "latent_var_ema"}
-
-
 def _check_weights_identical(out: Path) -> None:
     """The replicas must not drift apart: same step, and the same digest for every parameter and
-    every buffer on both ranks (per-rank statistics: finite and within a factor 1.5)."""
+    every buffer on both ranks (the latent variance and scale factor are reduced across ranks)."""
     ranks = [json.loads((out / f"weights.rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["step"] == ranks[1]["step"] > 0
     tensors = [r["tensors"] for r in ranks]
@@ -74,10 +69,7 @@ def _check_weights_identical(out: Path) -> None:
     params = set(ranks[0]["parameters"])
     assert not [k for k in differ if k in params], \
         f"{out.name}: parameters differ across ranks after {ranks[0]['step']} steps: {differ[:8]}"
-    assert set(differ) <= PER_RANK_STATISTICS, f"{out.name}: buffers differ across ranks: {differ[:8]}"
-    for name in differ:
-        a, b = (r["scalars"][name] for r in ranks)
-        assert math.isfinite(a) and math.isfinite(b) and 1 / 1.5 < a / b < 1.5, (name, a, b)
+    assert not differ, f"{out.name}: buffers differ across ranks: {differ[:8]}"
 
 
 def _check_run(out: Path, dataset_size: int | None = None, batch_size: int = 1,
