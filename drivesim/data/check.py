@@ -75,11 +75,7 @@ def run(args: argparse.Namespace) -> int:
     root = Path(args.root)
     if args.write_manifest and root.is_dir() and not (root / MANIFEST).exists():
         return _build_manifest(root, args.val_fraction)
-    try:
-        entries = read_manifest(root)
-    except DriveSimInputError as err:
-        print(f"BAD dataset: {err}")
-        return 1
+    entries = read_manifest(root)  # no dataset at all is a user error: one line, exit 2
     bad = 0
     for entry in entries:
         problems = check_clip(root, entry, decode=not args.no_decode)
