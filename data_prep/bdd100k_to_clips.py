@@ -11,6 +11,9 @@ Input, as distributed by BDD100K (scalabel format):
 - optional ``--image-labels``: the 100k image-label JSON(s) (``bdd100k_labels_images_*.json``
   / ``det_*.json``) whose entries named ``<video>.jpg`` give ``timeofday`` and ``weather`` when
   the MOT file has no frame attributes.
+- optional ``--info``: the folder of info files (``info/<split>/<video>.json``, the GPS/IMU
+  log of each video; searched recursively): where a video has one, its frames get the ego
+  speed and yaw rate from the GPS fixes (``data_prep.ego_sources``), else they stay unknown.
 
 Time: labelled frame ``frameIndex = k`` is at ``k / --label-hz`` seconds (5 Hz in BDD100K, i.e.
 every 6th frame of the 30 fps video). Output frames are taken at ``--fps`` (default: the
@@ -46,6 +49,7 @@ from data_prep.common import (
     run_items,
     sample_at,
 )
+from data_prep.ego_sources import bdd_info_motion, frame_ego, index_files
 from drivesim.utils.io import DriveSimInputError, read_json
 
 # BDD100K MOT category -> drivesim class (None: dropped)
@@ -240,6 +244,8 @@ def convert_video(label_path: Path) -> Outcome:
             continue
         end = (t1 - t0) if opt.clip_seconds <= 0 else start + opt.clip_seconds - 0.5 / fps
         times = resample_times(start, end, fps)  # seconds since the first labelled frame
+        info = _STATE.get("info", {}).get(track.video)
+        motion = None if info is None else bdd_info_motion(info, t0 + times)  # video time = t0 + times
         h, w = resize.dst_hw
         with ClipWriter(opt.out / clip_id, fps=fps, height=h, width=w, labels=labels, clip_id=clip_id,
                         frames_format=opt.frames_format, overwrite=opt.overwrite) as writer:
@@ -248,7 +254,8 @@ def convert_video(label_path: Path) -> Outcome:
                                     tail=1.0 / src_fps):
                 px, cls, ids = boxes_at(track, t0 + times[j], opt.box_mode)
                 norm, keep = resize.boxes(px)
-                writer.add_frame(resize.image(rgb), boxes=norm, classes=cls[keep], track_ids=ids[keep])
+                writer.add_frame(resize.image(rgb), boxes=norm, classes=cls[keep], track_ids=ids[keep],
+                                 **frame_ego(motion, j))
                 count += 1
             if count != len(times):
                 raise DriveSimInputError(f"frames end at output frame {count} of {len(times)}", path=label_path,
@@ -270,6 +277,8 @@ def add_arguments(parser) -> None:
     src.add_argument("--videos", help="folder of <videoName>.mov|mp4 (30 fps)")
     src.add_argument("--images", help="folder of <videoName>/<frame name> images (the labelled frames)")
     parser.add_argument("--image-labels", nargs="*", default=[], help="100k image-label JSONs for timeofday/weather")
+    parser.add_argument("--info", default=None,
+                        help="folder of BDD100K info files (<video>.json, GPS) for the ego speed and yaw rate")
     parser.add_argument("--clip-seconds", type=float, default=0.0, help="cut videos into clips (0: whole span)")
     parser.add_argument("--box-mode", default="interpolate", choices=("interpolate", "nearest"))
     parser.add_argument("--label-hz", type=float, default=5.0, help="rate of the labelled frames")
@@ -291,7 +300,8 @@ def run(args) -> int:
                   clip_seconds=args.clip_seconds, box_mode=args.box_mode, label_hz=args.label_hz,
                   frames_format=args.frames_format, val_fraction=args.val_fraction, dawn_dusk=args.dawn_dusk,
                   overwrite=args.overwrite)
-    _STATE.update(options=opt, image_attrs=read_image_attributes([Path(p) for p in args.image_labels]))
+    _STATE.update(options=opt, image_attrs=read_image_attributes([Path(p) for p in args.image_labels]),
+                  info=index_files(Path(args.info), ".json", "--info") if args.info else {})
     report = Report()
     try:
         for outcome in run_items(convert_video, files, workers=args.workers, progress=not args.no_progress,

@@ -14,6 +14,10 @@ into ``--clip-seconds`` windows. Boxes:
 - boxes below ``--min-visibility`` (nuScenes visibility bins 1-4) or smaller than a pixel
   after resizing are dropped; the visibility written per box is the bin's midpoint.
 
+Ego motion: the ego pose of every camera frame of the scene (12 Hz, ``ego_pose`` through the
+devkit) gives each frame's speed (second-order central differences of the positions over
+the timestamps) and yaw rate (of the pose's heading), stored per frame.
+
 Labels: ``daynight`` = night when the scene description mentions "night"; ``weather`` =
 rain when it mentions "rain" (else clear); ``crowd`` is computed by the ClipWriter from the
 mean number of vehicle boxes per frame; ``split`` is the official split of the scene
@@ -175,6 +179,19 @@ def frame_annotations(nusc, sd: dict, resize: ResizeCrop, track_of: dict[str, in
             np.array(vis, np.float32)[keep])
 
 
+def chain_motion(nusc, chain: list[dict], times: np.ndarray):
+    """Ego speed and yaw rate (``drivesim.data.ego.EgoSeries``) at every sample_data of ``chain``
+    from their ego poses (translation x, y; rotation quaternion [w, x, y, z] -> heading)."""
+    from drivesim.data.ego import EgoSeries, motion_from_poses
+
+    poses = [nusc.get("ego_pose", sd["ego_pose_token"]) for sd in chain]
+    xy = np.array([p["translation"][:2] for p in poses], dtype=np.float64).reshape(-1, 2)
+    w, x, y, z = np.array([p["rotation"] for p in poses], dtype=np.float64).reshape(-1, 4).T
+    heading = np.arctan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (y * y + z * z))
+    speed, yaw_rate = motion_from_poses(times, xy, heading)
+    return EgoSeries.of(speed, yaw_rate)
+
+
 def _read_rgb(path: str) -> np.ndarray:
     bgr = cv2.imread(path, cv2.IMREAD_COLOR)
     if bgr is None:
@@ -192,6 +209,7 @@ def convert_scene(scene_token: str) -> Outcome:
     times = np.array([sd["timestamp"] for sd in chain], dtype=np.float64) * 1e-6
     times -= times[0]
     resize = ResizeCrop.create((chain[0]["height"], chain[0]["width"]), opt.size)
+    motion = chain_motion(nusc, chain, times)
     labels = {**scene_labels(scene), "source": "nuscenes", "scene": scene["name"], "camera": opt.camera,
               "description": scene.get("description", ""),
               "split": official_split(scene["name"], nusc.version, opt.val_fraction)}
@@ -214,7 +232,8 @@ def convert_scene(scene_token: str) -> Outcome:
             for i in idx.tolist():
                 rgb = resize.image(_read_rgb(nusc.get_sample_data_path(chain[i]["token"])))
                 boxes, classes, ids, vis = frame_annotations(nusc, chain[i], resize, track_of, opt.min_visibility)
-                writer.add_frame(rgb, boxes=boxes, classes=classes, track_ids=ids, visibility=vis)
+                writer.add_frame(rgb, boxes=boxes, classes=classes, track_ids=ids, visibility=vis,
+                                 ego_speed=float(motion.speed[i]), ego_yaw_rate=float(motion.yaw_rate[i]))
         outcome.converted.append(clip_id)
     return outcome
 

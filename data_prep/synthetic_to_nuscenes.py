@@ -28,6 +28,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from drivesim.data.ego import EgoTrack
 from drivesim.data.video_io import atomic_directory
 from drivesim.utils.io import DriveSimInputError
 
@@ -47,12 +48,14 @@ CATEGORY_FOR_CLASS = {"car": "vehicle.car", "truck": "vehicle.truck", "bus": "ve
 
 @dataclass(frozen=True)
 class FixtureScene:
-    """One exported drive: a world seed and its look."""
+    """One exported drive: a world seed, its look and, optionally, the ego's commanded motion
+    (an ego preset name or an ``EgoTrack``; the ego poses of the tables follow it)."""
 
     seed: int
     night: bool = False
     weather: str = "clear"
     num_vehicles: int = 6
+    ego: str | EgoTrack | None = None
 
 
 def token(*parts: object) -> str:
@@ -121,11 +124,13 @@ class _Tables:
 
 
 def _world(scene: FixtureScene, height: int, width: int):
+    from drivesim.data.ego_presets import preset
     from drivesim.data.world import DrivingWorld, WorldConfig
 
+    track = preset(scene.ego) if isinstance(scene.ego, str) else scene.ego
     return DrivingWorld(WorldConfig(seed=scene.seed, height=height, width=width, fps=CAMERA_HZ,
                                     night=scene.night, num_vehicles=scene.num_vehicles,
-                                    weather=scene.weather))
+                                    weather=scene.weather, ego_track=track))
 
 
 def _calibrated_sensor(tables: _Tables, scene_key: str, frame) -> str:
@@ -254,9 +259,11 @@ def export_fixture(dataroot: str | Path, scenes: Sequence[FixtureScene], *, seco
 
 
 def default_scenes(count: int, seed: int) -> list[FixtureScene]:
-    """A mix that exercises the labels: every 3rd scene at night, every 4th in rain."""
+    """A mix that exercises the labels: every 3rd scene at night, every 4th in rain, every 2nd
+    with an ego that stands for 2 s and then accelerates (ego preset ``accelerate``)."""
     return [FixtureScene(seed=seed + i, night=i % 3 == 2, weather="rain" if i % 4 == 3 else "clear",
-                         num_vehicles=(2, 6, 10)[i % 3]) for i in range(count)]
+                         num_vehicles=(2, 6, 10)[i % 3], ego="accelerate" if i % 2 else None)
+            for i in range(count)]
 
 
 # ------------------------------------------------------------------------------------ tool

@@ -14,6 +14,12 @@ Labels come from an optional CSV (``--labels``) with a ``filename`` column (the 
 to ``--input``, or the bare file name) and any of ``daynight`` (day/night/unknown),
 ``weather``, ``split`` (train/val/test) plus free-form columns kept as labels. Without a
 split, a stable hash of the file name picks val for ``--val-fraction`` of the videos.
+
+Ego motion comes from an optional folder of CSV time series (``--ego DIR``): for the video
+``a/b.mp4`` under ``--input``, ``DIR/a/b.csv`` with the columns ``time`` (s from the start of
+the video), ``speed`` (m/s) and ``yaw_rate`` (rad/s, left positive), interpolated to each
+frame (``data_prep.ego_sources``); videos without one, and frames outside its time span,
+have unknown ego motion.
 """
 
 from __future__ import annotations
@@ -40,6 +46,8 @@ from data_prep.common import (
     run_items,
     sample_at,
 )
+from data_prep.ego_sources import csv_motion, frame_ego
+from drivesim.data.ego import EgoSeries
 from drivesim.data.labels import DAYNIGHT_NAMES
 from drivesim.utils.io import DriveSimInputError
 
@@ -65,6 +73,7 @@ class Job:
     path: Path
     stem: str          # clip id prefix, unique per video
     labels: dict
+    ego_csv: Path | None = None  # per-video ego motion time series (--ego)
 
 
 def find_videos(root: Path) -> list[Path]:
@@ -101,6 +110,12 @@ def clip_stem(rel: Path) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", rel.with_suffix("").as_posix())
 
 
+def _ego_csv(ego_dir: Path | None, rel: Path) -> Path | None:
+    """The video's ego CSV under ``--ego`` (same relative path, suffix ``.csv``), if there is one."""
+    path = None if ego_dir is None else ego_dir / rel.with_suffix(".csv")
+    return path if path is not None and path.is_file() else None
+
+
 def _labels_for(rel: Path, table: dict[str, dict], val_fraction: float) -> dict:
     row = table.get(rel.as_posix(), table.get(rel.name, {}))
     labels = {"daynight": "unknown", "crowd": "unknown", **row, "source": "dashcam", "video": rel.as_posix()}
@@ -130,7 +145,8 @@ def convert_video(job: Job) -> Outcome:
     times = np.concatenate([starts[k] + np.arange(n) / fps for k in todo])  # increasing: strides >= length
     resize = ResizeCrop.create((info.height, info.width), opt.size)
     frames = sample_at(iter_video_frames(job.path), times, tail=1.0 / max(info.fps, 1.0))
-    written = _write_clips(frames, todo, ids, n, resize, fps, job.labels, opt)
+    motion = None if job.ego_csv is None else csv_motion(job.ego_csv, times)
+    written = _write_clips(frames, todo, ids, n, resize, fps, job.labels, opt, motion)
     outcome.converted += [ids[k] for k in written]
     short = [ids[k] for k in todo if k not in written]
     if short:
@@ -139,7 +155,7 @@ def convert_video(job: Job) -> Outcome:
 
 
 def _write_clips(frames, todo: list[int], ids: list[str], n: int, resize: ResizeCrop, fps: float,
-                 labels: dict, opt: Options) -> list[int]:
+                 labels: dict, opt: Options, motion: EgoSeries | None = None) -> list[int]:
     """Route the streamed frames into one ClipWriter per clip; returns the clips completed."""
     from drivesim.data.clip_format import ClipWriter
 
@@ -152,7 +168,7 @@ def _write_clips(frames, todo: list[int], ids: list[str], n: int, resize: Resize
                 writer = ClipWriter(opt.out / ids[slot], fps=fps, height=h, width=w, labels=labels,
                                     frames_format=opt.frames_format, overwrite=opt.overwrite).__enter__()
                 current = slot
-            writer.add_frame(resize.image(rgb))
+            writer.add_frame(resize.image(rgb), **frame_ego(motion, j))
             if j % n == n - 1:
                 writer.__exit__(None, None, None)
                 writer = None
@@ -170,6 +186,9 @@ def _write_clips(frames, todo: list[int], ids: list[str], n: int, resize: Resize
 def add_arguments(parser) -> None:
     parser.add_argument("--input", required=True, help="folder searched recursively for videos")
     parser.add_argument("--labels", default=None, help="optional CSV: filename,daynight,weather,split,...")
+    parser.add_argument("--ego", default=None,
+                        help="optional folder of per-video ego CSVs (<video path without suffix>.csv: "
+                             "time,speed,yaw_rate)")
     parser.add_argument("--clip-seconds", type=float, default=4.0, help="length of each clip")
     parser.add_argument("--stride-seconds", type=float, default=None,
                         help="start-to-start distance of clips (>= --clip-seconds; default: back to back)")
@@ -193,8 +212,11 @@ def run(args) -> int:
     videos = find_videos(root)
     if not videos:
         raise DriveSimInputError(f"no videos ({', '.join(VIDEO_EXTS)}) found", path=root, field="--input")
-    jobs = [Job(p, clip_stem(p.relative_to(root)), _labels_for(p.relative_to(root), table, opt.val_fraction))
-            for p in videos]
+    ego_dir = Path(args.ego) if args.ego else None
+    if ego_dir is not None and not ego_dir.is_dir():
+        raise DriveSimInputError("ego CSV folder not found", path=ego_dir, field="--ego")
+    jobs = [Job(p, clip_stem(p.relative_to(root)), _labels_for(p.relative_to(root), table, opt.val_fraction),
+                _ego_csv(ego_dir, p.relative_to(root))) for p in videos]
     _STATE["options"] = opt
     report = Report()
     try:

@@ -8,6 +8,8 @@ A clip is a folder::
 
 A dataset is a folder of clips plus ``manifest.jsonl`` (one JSON object per clip). Every
 reader validates and raises ``DriveSimInputError`` naming the file, the field and the value.
+A frame's annotation may carry the ego motion, ``"ego": {"speed": m/s, "yaw_rate": rad/s}``;
+absent or null means unknown (clips written before it existed read as unknown throughout).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from drivesim.data import boxes as box_utils
+from drivesim.data.ego import EgoSeries, check_ego_value, parse_frame_ego
 from drivesim.data.labels import (
     CROWD_NAMES,
     CROWD_UNKNOWN,
@@ -78,7 +81,12 @@ class Clip:
     classes: list[np.ndarray] = field(repr=False)     # [n_i] int64 in 1..6
     track_ids: list[np.ndarray] = field(repr=False)   # [n_i] int64 >= 0
     visibility: list[np.ndarray] = field(repr=False)  # [n_i] float32 in [0, 1]
+    ego: EgoSeries = field(default=None, repr=False)   # per frame; known False where absent
     _reader: object = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.ego is None:
+            self.ego = EgoSeries.unknown(self.num_frames)
 
     @property
     def daynight(self) -> int:
@@ -105,6 +113,14 @@ class Clip:
                     np.zeros((0, max_boxes), np.int64))
         return (np.stack([p.boxes for p in padded]), np.stack([p.classes for p in padded]),
                 np.stack([p.ids for p in padded]))
+
+    def ego_arrays(self, indices: Sequence[int] | np.ndarray) -> EgoSeries:
+        """Ego motion of the given frames (speed, yaw rate, known; 0 where unknown)."""
+        return self.ego.take(indices)
+
+    @property
+    def has_ego(self) -> bool:
+        return bool(self.ego.known.any())
 
     def close(self) -> None:
         if self._reader is not None:
@@ -139,7 +155,7 @@ def _parse_labels(raw: object, path: Path) -> dict:
     return labels
 
 
-def _parse_frame(ann: object, i: int, path: Path) -> tuple[np.ndarray, ...]:
+def _parse_frame(ann: object, i: int, path: Path) -> tuple:
     where = f"annotations[{i}]"
     if not isinstance(ann, dict):
         raise DriveSimInputError("annotation must be an object", path=path, field=where, value=ann)
@@ -154,7 +170,8 @@ def _parse_frame(ann: object, i: int, path: Path) -> tuple[np.ndarray, ...]:
     if vis.shape != (n,) or not np.isfinite(vis).all() or (vis < 0).any() or (vis > 1).any():
         raise DriveSimInputError(f"expected {n} visibilities in [0, 1]", path=path,
                                  field=f"{where}.visibility", value=ann.get("visibility"))
-    return boxes, classes, ids.astype(np.int64), vis.astype(np.float32)
+    ego = parse_frame_ego(ann.get("ego"), path=path, field=f"{where}.ego")
+    return boxes, classes, ids.astype(np.int64), vis.astype(np.float32), ego
 
 
 def _frames_location(meta: dict, clip_dir: Path, path: Path) -> tuple[str, Path]:
@@ -216,8 +233,11 @@ def read_clip(clip_dir: str | os.PathLike, *, check_frames: bool = True) -> Clip
         raise DriveSimInputError(f"expected {num_frames} per-frame annotations (num_frames)", path=path,
                                  field="annotations", value=f"{len(anns)} entries")
     parsed = [_parse_frame(a, i, path) for i, a in enumerate(anns)]
+    ego = [p[4] for p in parsed]
+    series = EgoSeries.of([e[0] if e else 0.0 for e in ego], [e[1] if e else 0.0 for e in ego],
+                          [e is not None for e in ego])
     clip = Clip(clip_dir, clip_id, fps, height, width, num_frames, fmt, frames_path, labels,
-                *(list(col) for col in zip(*parsed)))
+                *(list(col) for col in zip(*(p[:4] for p in parsed))), ego=series)
     if check_frames:
         _check_frames(clip, path)
     return clip
@@ -256,8 +276,10 @@ class ClipWriter:
         return self
 
     def add_frame(self, rgb: np.ndarray, boxes: np.ndarray | None = None, classes: np.ndarray | None = None,
-                  track_ids: np.ndarray | None = None, visibility: np.ndarray | None = None) -> None:
-        """Append one uint8 ``[H, W, 3]`` frame and its normalised ``[n, 4]`` boxes."""
+                  track_ids: np.ndarray | None = None, visibility: np.ndarray | None = None,
+                  ego_speed: float | None = None, ego_yaw_rate: float | None = None) -> None:
+        """Append one uint8 ``[H, W, 3]`` frame, its normalised ``[n, 4]`` boxes and, optionally,
+        the ego motion (``ego_speed`` m/s and ``ego_yaw_rate`` rad/s together, or neither)."""
         rgb = np.asarray(rgb)
         if rgb.shape != (self.height, self.width, 3):
             raise DriveSimInputError(f"frame must be [{self.height}, {self.width}, 3]", path=self.clip_dir,
@@ -270,11 +292,24 @@ class ClipWriter:
                                        path=self.clip_dir, field=f"{where}.classes")
         ids = np.zeros(n, np.int64) if track_ids is None else np.asarray(track_ids, np.int64).reshape(n)
         vis = np.ones(n, np.float32) if visibility is None else np.asarray(visibility, np.float32).reshape(n)
+        ego = self._ego_entry(ego_speed, ego_yaw_rate, f"{where}.ego")
         self._writer.write(rgb)
-        self._annotations.append({"boxes": np.round(b.astype(np.float64), 6).tolist(), "classes": c.tolist(),
-                                  "track_ids": ids.tolist(), "visibility": np.round(vis.astype(np.float64), 4).tolist()})
+        row = {"boxes": np.round(b.astype(np.float64), 6).tolist(), "classes": c.tolist(),
+               "track_ids": ids.tolist(), "visibility": np.round(vis.astype(np.float64), 4).tolist()}
+        if ego is not None:
+            row["ego"] = ego
+        self._annotations.append(row)
         self._classes.append(c)
         self._visibility.append(vis)
+
+    def _ego_entry(self, speed: float | None, yaw_rate: float | None, where: str) -> dict | None:
+        if speed is None and yaw_rate is None:
+            return None
+        if speed is None or yaw_rate is None:
+            raise DriveSimInputError("give both the ego speed and yaw rate, or neither", path=self.clip_dir,
+                                     field=where, value=[speed, yaw_rate])
+        s, y = check_ego_value(speed, yaw_rate, path=self.clip_dir, field=where)
+        return {"speed": round(s, 4), "yaw_rate": round(y, 5)}
 
     def _metadata(self) -> dict:
         labels = dict(self.labels)

@@ -10,6 +10,10 @@ Sources:
   ``val_split``), sharded by :class:`ShardedSampler`.
 - ``latents``: ``drivesim.data.latents.LatentClipDataset`` (imported only for this source).
 
+Every source yields the ego motion keys (``ego_speed``, ``ego_yaw_rate``, ``ego_known``
+``[B, T]``): exact in the synthetic world, from the clips' labels where they have them,
+unknown (``ego_known`` False, values 0) elsewhere.
+
 DDP: ``ShardedSampler`` subclasses ``DistributedSampler`` so Lightning keeps it (and calls
 ``set_epoch``). Training shuffles per epoch and drops the last ``len % world_size`` samples
 of the permutation (a different few each epoch) so all ranks run the same number of steps;
@@ -28,7 +32,12 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from drivesim.data.datasets import ClipDataset, SyntheticDataset, collate_batch
+from drivesim.data.datasets import (
+    EGO_PROGRAM_FRACTION,
+    ClipDataset,
+    SyntheticDataset,
+    collate_batch,
+)
 from drivesim.data.world.config import DEFAULT_TRAFFIC_RANGE
 
 
@@ -71,7 +80,8 @@ class ShardedSampler(DistributedSampler):
 
 
 class DriveDataModule(LightningDataModule):
-    """Batches of the DESIGN §3 contract from the synthetic world, a clip folder or latents.
+    """Batches of the batch contract (docs/architecture.md) from the synthetic world, a clip
+    folder or latents.
 
     Args:
         source: ``synthetic`` | ``clips`` | ``latents``.
@@ -84,7 +94,9 @@ class DriveDataModule(LightningDataModule):
         samples_per_epoch, val_samples: ``synthetic`` epoch sizes (global, all ranks).
         seed: base seed (synthetic drives, clip shuffling).
         night_fraction, min_vehicles, max_vehicles, weathers: ``synthetic`` scenario draws;
-            traffic_range: metres of simulated traffic ahead (``WorldConfig.traffic_range``).
+            traffic_range: metres of simulated traffic ahead (``WorldConfig.traffic_range``);
+            ego_program_fraction: share of drives whose ego follows a random program of stops,
+            speed changes and curves (``SyntheticDataset``).
         lenient: skip bad clips (reported) instead of raising.
         train_split, val_split: manifest splits.
         stride: window stride in output frames for clip sources (default: ``frames``).
@@ -102,7 +114,8 @@ class DriveDataModule(LightningDataModule):
                  max_vehicles: int = 12, weathers: tuple[str, ...] = ("clear",), lenient: bool = False,
                  train_split: str = "train", val_split: str = "val", stride: int | None = None,
                  val_stride: int | None = None, pin_memory: bool = False, frame_cache_mb: float = 0.0,
-                 traffic_range: float = DEFAULT_TRAFFIC_RANGE) -> None:
+                 traffic_range: float = DEFAULT_TRAFFIC_RANGE,
+                 ego_program_fraction: float = EGO_PROGRAM_FRACTION) -> None:
         super().__init__()
         if source not in ("synthetic", "clips", "latents"):
             raise ValueError(f"source must be synthetic|clips|latents, got {source!r}")
@@ -132,7 +145,8 @@ class DriveDataModule(LightningDataModule):
                                 max_boxes=h.max_boxes, samples=samples, seed=seed,
                                 night_fraction=h.night_fraction, min_vehicles=h.min_vehicles,
                                 max_vehicles=h.max_vehicles, weathers=tuple(h.weathers), rank=rank,
-                                world_size=world, resample_each_epoch=resample, traffic_range=h.traffic_range)
+                                world_size=world, resample_each_epoch=resample, traffic_range=h.traffic_range,
+                                ego_program_fraction=h.ego_program_fraction)
 
     def _from_folder(self, split: str) -> Dataset:
         h = self.hparams

@@ -1,4 +1,4 @@
-"""Datasets yielding the batch contract of DESIGN §3, one sample at a time.
+"""Datasets yielding the batch contract (docs/architecture.md), one sample at a time.
 
 - :class:`ClipDataset`: windows of T frames from a folder of clips (clip format), resampled
   to a requested fps and resized/cropped to the training size, boxes transformed with them.
@@ -7,8 +7,9 @@
 - :func:`collate_batch`: stacks samples into ``[B, ...]`` tensors (``clip_id``: list of str).
 
 Per sample: ``video`` float32 ``[T, 3, H, W]`` in [-1, 1], ``boxes`` ``[T, N, 4]``,
-``box_classes``/``box_ids`` int64 ``[T, N]``, ``daynight``/``crowd`` int64 ``[]``,
-``fps`` float32 ``[]``, ``clip_id`` str.
+``box_classes``/``box_ids`` int64 ``[T, N]``, ``ego_speed``/``ego_yaw_rate`` float32 ``[T]``
+(m/s, rad/s left positive; 0 where unknown), ``ego_known`` bool ``[T]``,
+``daynight``/``crowd`` int64 ``[]``, ``fps`` float32 ``[]``, ``clip_id`` str.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from drivesim.data.clip_format import (
     read_clip,
     read_manifest,
 )
+from drivesim.data.ego import EgoSeries
 from drivesim.data.labels import CROWD_EDGES, DAY, NIGHT, crowd_bucket
 from drivesim.data.world.config import DEFAULT_TRAFFIC_RANGE
 from drivesim.utils.io import DriveSimInputError
@@ -39,6 +41,8 @@ from drivesim.utils.io import DriveSimInputError
 log = logging.getLogger(__name__)
 
 MAX_OPEN_READERS = 8  # decoders kept open per dataset copy (one per DataLoader worker)
+EGO_PROGRAM_FRACTION = 0.5   # share of synthetic drives driven by a random ego program (default)
+EGO_PROGRAM_SECONDS = 300.0  # length of a random ego program (held after its end)
 
 
 def resample_indices(frames: int, src_fps: float, out_fps: float, start: int = 0) -> np.ndarray:
@@ -65,14 +69,24 @@ def to_video_tensor(rgb: np.ndarray) -> torch.Tensor:
     return rearrange(x, "t h w c -> t c h w")
 
 
+def ego_tensors(ego: EgoSeries) -> dict[str, torch.Tensor]:
+    """The batch keys of ``T`` frames' ego motion: ``ego_speed`` / ``ego_yaw_rate`` float32 ``[T]``,
+    ``ego_known`` bool ``[T]``."""
+    return {"ego_speed": torch.from_numpy(np.asarray(ego.speed, np.float32).copy()),
+            "ego_yaw_rate": torch.from_numpy(np.asarray(ego.yaw_rate, np.float32).copy()),
+            "ego_known": torch.from_numpy(np.asarray(ego.known, bool).copy())}
+
+
 def make_sample(rgb: np.ndarray, padded: Sequence[PaddedBoxes], daynight: int, crowd: int,
-                fps: float, clip_id: str) -> dict:
-    """One sample of the batch contract from ``[T, H, W, 3]`` frames and ``T`` padded box sets."""
+                fps: float, clip_id: str, ego: EgoSeries | None = None) -> dict:
+    """One sample of the batch contract from ``[T, H, W, 3]`` frames, ``T`` padded box sets and
+    (optionally) their ego motion; ``None`` = unknown."""
     return {
         "video": to_video_tensor(rgb),
         "boxes": torch.from_numpy(np.stack([p.boxes for p in padded])),
         "box_classes": torch.from_numpy(np.stack([p.classes for p in padded])),
         "box_ids": torch.from_numpy(np.stack([p.ids for p in padded])),
+        **ego_tensors(EgoSeries.unknown(len(padded)) if ego is None else ego),
         "daynight": torch.tensor(daynight, dtype=torch.int64),
         "crowd": torch.tensor(crowd, dtype=torch.int64),
         "fps": torch.tensor(fps, dtype=torch.float32),
@@ -226,7 +240,7 @@ class ClipDataset(Dataset):
         rc = ResizeCrop.center((clip.height, clip.width), self.out_hw)
         rgb = np.stack([rc.apply_image(f) for f in rgb])         # [T, H, W, 3]
         return make_sample(rgb, self._window_boxes(clip, idx, rc), clip.daynight, clip.crowd, out_fps,
-                           clip.clip_id)
+                           clip.clip_id, clip.ego_arrays(idx))
 
     def __getitem__(self, index: int) -> dict:
         if not self.lenient:
@@ -264,13 +278,17 @@ def shard_indices(total: int, rank: int, world_size: int, worker: int = 0, num_w
 
 def world_config(scenario: dict, *, height: int, width: int, fps: float, night: bool | None = None):
     """The ``WorldConfig`` of a :meth:`SyntheticDataset.scenario` draw rendered at ``height x width``
-    and ``fps`` (``night`` overrides the drawn lighting; the drive itself is unchanged)."""
+    and ``fps`` (``night`` overrides the drawn lighting; the drive itself is unchanged). A draw
+    with an ``ego_program`` drives that random ego program (``ego_presets.program_track``)."""
+    from drivesim.data.ego_presets import program_track
     from drivesim.data.world import WorldConfig
 
+    program = scenario.get("ego_program")
     return WorldConfig(seed=scenario["seed"], height=height, width=width, fps=fps,
                        night=scenario["night"] if night is None else night,
                        num_vehicles=scenario["num_vehicles"], weather=scenario["weather"],
-                       traffic_range=scenario.get("traffic_range", DEFAULT_TRAFFIC_RANGE))
+                       traffic_range=scenario.get("traffic_range", DEFAULT_TRAFFIC_RANGE),
+                       ego_track=None if program is None else program_track(program, EGO_PROGRAM_SECONDS))
 
 
 class SyntheticDataset(IterableDataset):
@@ -279,7 +297,11 @@ class SyntheticDataset(IterableDataset):
     Sample ``i`` of epoch ``e`` is a fresh drive whose world seed, day/night
     (``night_fraction``), vehicle count (``min_vehicles..max_vehicles``), weather and
     warm-up length are drawn from ``SeedSequence([seed, e, i])``; ``traffic_range`` (metres of
-    simulated traffic ahead, ``WorldConfig``) is the same for every drive. The per-epoch index space
+    simulated traffic ahead, ``WorldConfig``) is the same for every drive. A share
+    ``ego_program_fraction`` of the drives (drawn from a stream of its own, so the other draws
+    do not depend on it) follows a random ego program of stops, speed changes and curves
+    (``ego_presets.random_track``) instead of the world's own driver; every sample carries the
+    ego's exact speed and yaw rate. The per-epoch index space
     ``0..samples-1`` is split over (rank, worker) by :func:`shard_indices`, so samples are
     distinct across ranks and workers, and identical for the same seed whatever the worker
     count. With ``resample_each_epoch`` every pass over the dataset (in a persistent worker)
@@ -290,10 +312,13 @@ class SyntheticDataset(IterableDataset):
                  max_boxes: int = 16, samples: int = 1000, seed: int = 0, night_fraction: float = 0.5,
                  min_vehicles: int = 0, max_vehicles: int = 12, weathers: Sequence[str] = ("clear",),
                  max_warmup_steps: int = 30, rank: int | None = None, world_size: int | None = None,
-                 resample_each_epoch: bool = True, traffic_range: float = DEFAULT_TRAFFIC_RANGE) -> None:
-        if not (0 <= night_fraction <= 1 and 0 <= min_vehicles <= max_vehicles and frames >= 1 and samples >= 0):
+                 resample_each_epoch: bool = True, traffic_range: float = DEFAULT_TRAFFIC_RANGE,
+                 ego_program_fraction: float = EGO_PROGRAM_FRACTION) -> None:
+        if not (0 <= night_fraction <= 1 and 0 <= min_vehicles <= max_vehicles and frames >= 1 and samples >= 0
+                and 0 <= ego_program_fraction <= 1):
             raise ValueError(f"SyntheticDataset: bad options night_fraction={night_fraction} "
-                             f"vehicles={min_vehicles}..{max_vehicles} frames={frames} samples={samples}")
+                             f"vehicles={min_vehicles}..{max_vehicles} frames={frames} samples={samples} "
+                             f"ego_program_fraction={ego_program_fraction}")
         self.frames, self.fps, self.height, self.width = frames, float(fps), height, width
         self.max_boxes, self.samples, self.seed = max_boxes, samples, seed
         self.night_fraction, self.vehicles = night_fraction, (min_vehicles, max_vehicles)
@@ -301,6 +326,7 @@ class SyntheticDataset(IterableDataset):
         self.rank, self.world_size = rank, world_size
         self.resample_each_epoch, self.epoch = resample_each_epoch, 0
         self.traffic_range = float(traffic_range)
+        self.ego_program_fraction = float(ego_program_fraction)
 
     def _rank_world(self) -> tuple[int, int]:
         if self.rank is not None and self.world_size is not None:
@@ -313,10 +339,13 @@ class SyntheticDataset(IterableDataset):
     def scenario(self, index: int, epoch: int = 0) -> dict:
         """The world settings of sample ``index`` in ``epoch`` (pure function of the seed)."""
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, epoch, index]))
+        ego_rng = np.random.default_rng(np.random.SeedSequence([self.seed, epoch, index, 0xE60]))
+        program = int(ego_rng.integers(2**31 - 1))
         return {"seed": int(rng.integers(2**31 - 1)), "night": bool(rng.random() < self.night_fraction),
                 "num_vehicles": int(rng.integers(self.vehicles[0], self.vehicles[1] + 1)),
                 "weather": str(self.weathers[int(rng.integers(len(self.weathers)))]),
-                "warmup": int(rng.integers(0, self.max_warmup_steps + 1)), "traffic_range": self.traffic_range}
+                "warmup": int(rng.integers(0, self.max_warmup_steps + 1)), "traffic_range": self.traffic_range,
+                "ego_program": program if ego_rng.random() < self.ego_program_fraction else None}
 
     def sample(self, index: int, epoch: int = 0) -> dict:
         """Render sample ``index`` of ``epoch`` (deterministic)."""
@@ -329,8 +358,9 @@ class SyntheticDataset(IterableDataset):
         padded = [pad_boxes(f.boxes, f.classes, f.track_ids, self.max_boxes, warn=False) for f in frames]
         mean = mean_visible_vehicles([f.classes for f in frames], [f.visibility for f in frames])
         rgb = np.stack([f.rgb for f in frames])  # [T, H, W, 3]
+        ego = EgoSeries.of([f.ego_speed for f in frames], [f.ego_yaw_rate for f in frames])
         return make_sample(rgb, padded, NIGHT if sc["night"] else DAY, crowd_bucket(mean, CROWD_EDGES),
-                           self.fps, f"synth-s{self.seed}-e{epoch}-i{index}")
+                           self.fps, f"synth-s{self.seed}-e{epoch}-i{index}", ego)
 
     def indices(self) -> range:
         """Global indices this process (rank and DataLoader worker) yields."""

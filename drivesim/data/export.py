@@ -2,11 +2,14 @@
 
     drivesim data synth --out DIR --clips N --seconds S --fps F --size HxW --seed K \\
         [--night-fraction 0.5] [--format mp4|png|jpg] [--val-fraction 0.1] \\
-        [--overwrite | --skip-existing] [--workers N]
+        [--ego-programs 0.5] [--overwrite | --skip-existing] [--workers N]
 
 Clip ``i`` is ``DIR/synth_{i:06d}``; its drive (world seed, day/night, vehicle count,
 weather) is ``SyntheticDataset(seed=K).scenario(i)``, so the export is reproducible and
-sample ``i`` of the streaming dataset shows the same drive. Each clip is written atomically;
+sample ``i`` of the streaming dataset shows the same drive. ``--ego-programs`` is the share of
+clips whose ego follows a random program of stops, speed changes and curves (the others drive
+as the world's own driver does); every frame stores the ego's exact speed and yaw rate.
+Each clip is written atomically;
 the manifest is written last. A killed run is resumed with ``--skip-existing``.
 ``--workers N`` renders N clips at a time in separate processes (the renderer and the H.264
 writer are single-threaded); the files do not depend on N.
@@ -30,7 +33,7 @@ from drivesim.data.clip_format import (
     read_clip,
     write_manifest,
 )
-from drivesim.data.datasets import SyntheticDataset, world_config
+from drivesim.data.datasets import EGO_PROGRAM_FRACTION, SyntheticDataset, world_config
 from drivesim.data.world.config import DEFAULT_TRAFFIC_RANGE
 from drivesim.utils.io import DriveSimInputError
 from drivesim.utils.parallel import spawn_pool
@@ -60,6 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--traffic-range", type=float, default=DEFAULT_TRAFFIC_RANGE,
                         help="metres ahead of the ego within which traffic is simulated (shorter = closer vehicles)")
     parser.add_argument("--weathers", default="clear", help="comma list drawn uniformly: clear,rain,fog")
+    parser.add_argument("--ego-programs", type=float, default=EGO_PROGRAM_FRACTION,
+                        help="share of clips whose ego drives a random program of stops, speed changes and "
+                             "curves (0: every ego drives as the world's own driver)")
     parser.add_argument("--format", choices=("mp4", "png", "jpg"), default="mp4", help="frame storage")
     parser.add_argument("--val-fraction", type=float, default=0.1, help="the last clips go to split 'val'")
     group = parser.add_mutually_exclusive_group()
@@ -80,13 +86,15 @@ def export_clip(clip_dir: Path, scenario: dict, *, frames: int, fps: float, size
     labels = {"daynight": "night" if scenario["night"] else "day", "weather": scenario["weather"],
               "seed": scenario["seed"], "num_vehicles": scenario["num_vehicles"],
               "traffic_range": scenario["traffic_range"], "source": "synthetic"}
+    if scenario.get("ego_program") is not None:
+        labels["ego_program"] = scenario["ego_program"]
     with ClipWriter(clip_dir, fps=fps, height=h, width=w, labels=labels, frames_format=frames_format,
                     overwrite=overwrite) as writer:  # crowd: computed from the visible vehicles
         world.skip(scenario["warmup"])
         for _ in range(frames):
             f = world.step()
             writer.add_frame(f.rgb, boxes=f.boxes, classes=f.classes, track_ids=f.track_ids,
-                             visibility=f.visibility)
+                             visibility=f.visibility, ego_speed=f.ego_speed, ego_yaw_rate=f.ego_yaw_rate)
 
 
 def _existing_entry(clip_dir: Path, root: Path, split: str, scenario: dict, frames: int, fps: float,
@@ -94,11 +102,12 @@ def _existing_entry(clip_dir: Path, root: Path, split: str, scenario: dict, fram
     """Manifest entry of a finished clip; refuses one made with other settings."""
     clip = read_clip(clip_dir)
     found = (clip.labels.get("seed"), clip.labels.get("num_vehicles"), clip.labels.get("traffic_range", DEFAULT_TRAFFIC_RANGE),
-             clip.num_frames, clip.fps, (clip.height, clip.width))
-    wanted = (scenario["seed"], scenario["num_vehicles"], scenario["traffic_range"], frames, fps, size)
+             clip.labels.get("ego_program"), clip.num_frames, clip.fps, (clip.height, clip.width))
+    wanted = (scenario["seed"], scenario["num_vehicles"], scenario["traffic_range"], scenario.get("ego_program"),
+              frames, fps, size)
     if found != wanted:
         raise DriveSimInputError(f"existing clip was made with other settings (seed, vehicles, traffic range, "
-                                 f"frames, fps, size) "
+                                 f"ego program, frames, fps, size) "
                                  f"{found} != {wanted}; use --overwrite", path=clip_dir / "clip.json",
                                  field="labels.seed", value=found)
     return manifest_entry(clip, root, split)
@@ -107,10 +116,11 @@ def _existing_entry(clip_dir: Path, root: Path, split: str, scenario: dict, fram
 def run(args: argparse.Namespace) -> int:
     out, size = Path(args.out), args.size
     frames = round(args.seconds * args.fps)
-    if args.clips < 1 or frames < 1 or not args.fps > 0 or not 0 <= args.val_fraction < 1 or args.workers < 0:
-        print(f"drivesim data synth: need --clips >= 1, --seconds * --fps >= 1, 0 <= --val-fraction < 1 and "
-              f"--workers >= 0 (got {args.clips}, {args.seconds} s x {args.fps} fps, {args.val_fraction}, "
-              f"{args.workers})", file=sys.stderr)
+    if args.clips < 1 or frames < 1 or not args.fps > 0 or not 0 <= args.val_fraction < 1 or args.workers < 0 \
+            or not 0 <= args.ego_programs <= 1:
+        print(f"drivesim data synth: need --clips >= 1, --seconds * --fps >= 1, 0 <= --val-fraction < 1, "
+              f"--workers >= 0 and 0 <= --ego-programs <= 1 (got {args.clips}, {args.seconds} s x {args.fps} fps, "
+              f"{args.val_fraction}, {args.workers}, {args.ego_programs})", file=sys.stderr)
         return 2
     ids = [f"synth_{i:06d}" for i in range(args.clips)]
     taken = [p for p in [out / MANIFEST, *(out / c for c in ids)] if p.exists()]
@@ -120,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     source = SyntheticDataset(seed=args.seed, night_fraction=args.night_fraction, min_vehicles=args.min_vehicles,
                               max_vehicles=args.max_vehicles, weathers=tuple(args.weathers.split(",")),
-                              traffic_range=args.traffic_range)
+                              traffic_range=args.traffic_range, ego_program_fraction=args.ego_programs)
     splits = [assign_split(i, args.clips, args.val_fraction) for i in range(args.clips)]
     entries: list[ManifestEntry | None] = [None] * args.clips
     todo = []  # (index, clip folder, scenario) of the clips to render

@@ -2,7 +2,8 @@
 
 Every source frame of every clip is encoded (per frame; the encoder never mixes time) after
 the same resize/centre-crop as ``ClipDataset`` (``--size``, default the clips' own size),
-and the Gaussian ``mean`` and ``logvar`` are stored (why both: see ``drivesim.data.latents``).
+and the Gaussian ``mean`` and ``logvar`` are stored (why both: see ``drivesim.data.latents``),
+with each frame's boxes and ego motion.
 Windows at other frame rates are picked at read time, so one cache serves every stage.
 
 Resumable and atomic: ``latents.json`` fixes the settings first, each shard appears under its
@@ -99,7 +100,10 @@ def _encode_clip(encoder: LatentEncoder, clip_dir: Path, size: tuple[int, int] |
             "boxes": torch.from_numpy(np.concatenate(boxes).reshape(-1, 4)),
             "classes": torch.from_numpy(np.concatenate(classes).astype(np.int64)),
             "ids": torch.from_numpy(np.concatenate(ids).astype(np.int64)),
-            "counts": torch.tensor(counts, dtype=torch.int64)}
+            "counts": torch.tensor(counts, dtype=torch.int64),
+            "ego_speed": torch.from_numpy(clip.ego.speed.copy()),          # [N] float32, 0 where unknown
+            "ego_yaw_rate": torch.from_numpy(clip.ego.yaw_rate.copy()),
+            "ego_known": torch.from_numpy(clip.ego.known.copy())}
 
 
 def encode_dataset(encoder: LatentEncoder, data: str | Path, out: str | Path, *,

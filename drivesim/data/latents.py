@@ -7,7 +7,9 @@ Layout of a latent cache folder::
                         ae_hash, scale_factor (written last: its presence marks a complete cache)
     shard-00000.safetensors ...  per clip ``{key}.mean`` / ``{key}.logvar`` ``[N, C, h, w]`` (all N
                         source frames), boxes ``{key}.boxes [K, 4]``, ``.classes``, ``.ids`` ``[K]``
-                        flattened over frames with ``{key}.counts [N]`` boxes per frame
+                        flattened over frames with ``{key}.counts [N]`` boxes per frame, and the
+                        ego motion ``{key}.ego_speed`` / ``.ego_yaw_rate`` float32 and
+                        ``.ego_known`` bool ``[N]`` (absent in caches written before it: unknown)
 
 Why the Gaussian mean *and* log-variance rather than one sample: the dataset can then draw
 a fresh ``z = mean + std * eps`` every time a window is used, which is what LDM training does
@@ -28,13 +30,15 @@ import torch
 from torch.utils.data import Dataset
 
 from drivesim.data.boxes import pad_boxes
-from drivesim.data.datasets import resample_indices, window_starts
+from drivesim.data.datasets import ego_tensors, resample_indices, window_starts
+from drivesim.data.ego import EgoSeries
 from drivesim.utils.io import DriveSimInputError, read_json
 
 SCHEMA = "drivesim.latents/1"
 META = "latents.json"
 MANIFEST = "manifest.jsonl"
 ARRAYS = ("mean", "logvar", "boxes", "classes", "ids", "counts")
+EGO_ARRAYS = ("ego_speed", "ego_yaw_rate", "ego_known")  # optional: a cache may predate them
 
 
 def shard_name(index: int) -> str:
@@ -98,13 +102,21 @@ def read_latent_manifest(root: str | os.PathLike) -> list[LatentEntry]:
 
 
 def load_clip_latents(root: str | os.PathLike, entry: LatentEntry) -> dict[str, torch.Tensor]:
-    """All arrays of one clip (see module docstring) from its shard."""
+    """All arrays of one clip (see module docstring) from its shard; a clip stored without ego
+    motion gets unknown ego arrays."""
     from safetensors import SafetensorError, safe_open
 
     path = Path(root) / entry.shard
     try:
         with safe_open(str(path), framework="pt") as fh:
-            return {name: fh.get_tensor(f"{entry.key}.{name}") for name in ARRAYS}
+            out = {name: fh.get_tensor(f"{entry.key}.{name}") for name in ARRAYS}
+            stored = set(fh.keys())
+            if all(f"{entry.key}.{name}" in stored for name in EGO_ARRAYS):
+                out.update({name: fh.get_tensor(f"{entry.key}.{name}") for name in EGO_ARRAYS})
+            else:
+                out.update(ego_speed=torch.zeros(entry.num_frames), ego_yaw_rate=torch.zeros(entry.num_frames),
+                           ego_known=torch.zeros(entry.num_frames, dtype=torch.bool))
+            return out
     except (SafetensorError, OSError) as err:
         raise DriveSimInputError(f"cannot read clip '{entry.clip_id}': {err}", path=path, field=entry.key) from err
 
@@ -178,11 +190,14 @@ class LatentClipDataset(Dataset):
         padded = [pad_boxes(arrays["boxes"][offsets[i]:offsets[i + 1]].numpy(),
                             arrays["classes"][offsets[i]:offsets[i + 1]].numpy(),
                             arrays["ids"][offsets[i]:offsets[i + 1]].numpy(), self.max_boxes) for i in idx.tolist()]
+        ego = EgoSeries.of(arrays["ego_speed"][idx].numpy(), arrays["ego_yaw_rate"][idx].numpy(),
+                           arrays["ego_known"][idx].numpy())
         return {
             "latents": z * self.scale_factor,
             "boxes": torch.from_numpy(np.stack([p.boxes for p in padded])),
             "box_classes": torch.from_numpy(np.stack([p.classes for p in padded])),
             "box_ids": torch.from_numpy(np.stack([p.ids for p in padded])),
+            **ego_tensors(ego),
             "daynight": torch.tensor(entry.daynight, dtype=torch.int64),
             "crowd": torch.tensor(entry.crowd, dtype=torch.int64),
             "fps": torch.tensor(self._out_fps(entry), dtype=torch.float32),

@@ -8,6 +8,7 @@
   (``VideoSource``, ``list_sources``), ``degrade`` (blurred / noisy / shuffled copies)
 - ``c2st``: the classifier two-sample test, a realism metric that needs no weights
 - ``oracle``: world-trained segmenter + day/night threshold, box fidelity, temporal consistency
+- ``ego_oracle``: world-trained ego speed / yaw-rate estimator from consecutive frames
 - ``evaluate`` (``evaluate_videos``, ``Evaluator``, ``flat_metrics``), ``summaries`` (result
   groups with the real clips' level), ``report``, ``plots``
 - ``cli``: the ``drivesim eval`` tool. See docs/evaluation.md.

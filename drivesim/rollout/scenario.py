@@ -1,16 +1,21 @@
 """Scenarios: what a rollout must show, frame by frame.
 
-A scenario gives per-frame boxes (classes, track ids) on its own timeline (``fps``) plus
-day/night and crowdedness labels for the whole drive. Sources:
+A scenario gives per-frame boxes (classes, track ids) on its own timeline (``fps``), the ego
+motion (speed and yaw rate over time, possibly unknown) plus day/night and crowdedness labels
+for the whole drive. Sources:
 
-- a JSON file with the versioned schema ``drivesim.scenario/1`` (docs/rollout.md),
-- ``synthetic:SEED``: the synthetic driving world stepped with ``render=False`` (lazy: boxes
-  are produced only for the frames asked for, so memory does not grow with the duration),
-- ``clip:DIR``: the boxes recorded in a clip folder,
-- ``none``: no boxes (unconditional on boxes; labels still apply).
+- a JSON file with the versioned schema ``drivesim.scenario/1`` (docs/rollout.md), with an
+  optional ``ego`` section (``{"times", "speed", "yaw_rate"}`` or ``{"waypoints"}``),
+- ``synthetic:SEED[:EGO]``: the synthetic driving world stepped with ``render=False`` (lazy:
+  boxes are produced only for the frames asked for, so memory does not grow with the
+  duration); ``EGO`` (an ego preset or an ego-track JSON file) commands the world's ego and
+  the traffic follows it; the ego motion is the world's exact one,
+- ``clip:DIR``: the boxes and ego motion recorded in a clip folder,
+- ``none[:EGO]``: no boxes (unconditional on boxes; labels and the ego track still apply).
 
-The rollout asks for frames at *its* rate with :meth:`Scenario.frames_at`; frame ``i`` at
-rate ``r`` takes the scenario frame shown at time ``i / r`` (sample-and-hold).
+The rollout asks for frames at *its* rate with :meth:`Scenario.frames_at` and
+:meth:`Scenario.ego_at`; frame ``i`` at rate ``r`` takes the scenario frame shown at time
+``i / r`` (sample-and-hold); an ego track is read at ``i / r`` itself (linear between knots).
 
 Too-short scenarios: ``end="fail"`` (default) raises before anything is generated;
 ``end="hold"`` repeats the last scenario frame for the rest of the drive.
@@ -30,6 +35,7 @@ import numpy as np
 
 from drivesim.data import labels as L
 from drivesim.data.boxes import pad_boxes
+from drivesim.data.ego import EgoSeries, EgoTrack, load_track, parse_track
 from drivesim.data.world.config import DEFAULT_TRAFFIC_RANGE
 from drivesim.utils.io import DriveSimInputError, read_json
 
@@ -63,12 +69,14 @@ class Scenario(ABC):
     """Base class: subclasses provide ``_source(indices)`` for indices on their timeline."""
 
     def __init__(self, *, fps: float, daynight: int, crowd: int, max_boxes: int,
-                 length: int | None, end: str = "fail", origin: str = "") -> None:
+                 length: int | None, end: str = "fail", origin: str = "",
+                 ego_track: EgoTrack | None = None) -> None:
         if end not in END_POLICIES:
             raise DriveSimInputError(f"expected one of {END_POLICIES}", path=origin or None,
                                      field="end", value=end)
         self.fps, self.daynight, self.crowd = float(fps), int(daynight), int(crowd)
         self.max_boxes, self.length, self.end, self.origin = int(max_boxes), length, end, origin
+        self.ego_track = ego_track
 
     has_boxes = True
 
@@ -86,6 +94,7 @@ class Scenario(ABC):
 
     def check_duration(self, num_frames: int, rate: float) -> None:
         """Fail now (before generating anything) if the scenario is too short for the drive."""
+        self._check_ego_duration(num_frames, rate)
         if self.length is None or self.end == "hold" or num_frames == 0:
             return
         need = self.source_index(num_frames - 1, rate) + 1
@@ -97,35 +106,70 @@ class Scenario(ABC):
                 "(--scenario-end hold) to hold the last frame",
                 path=self.origin or None, field="frames", value=self.length)
 
-    def frames_at(self, indices: list[int] | range, rate: float) -> ScenarioFrames:
-        """Padded boxes for frames ``indices`` of a video at ``rate`` fps."""
+    def _source_indices(self, indices: list[int] | range, rate: float) -> list[int]:
         src = [self.source_index(i, rate) for i in indices]
         if self.length is not None:
             if self.end == "fail" and src and max(src) >= self.length:
                 self.check_duration(max(indices) + 1, rate)
             src = [min(s, self.length - 1) for s in src]
-        return _pad(self._source(src), self.max_boxes)
+        return src
+
+    def frames_at(self, indices: list[int] | range, rate: float) -> ScenarioFrames:
+        """Padded boxes for frames ``indices`` of a video at ``rate`` fps."""
+        return _pad(self._source(self._source_indices(indices, rate)), self.max_boxes)
+
+    def ego_at(self, indices: list[int] | range, rate: float) -> EgoSeries:
+        """Ego motion of frames ``indices`` of a video at ``rate`` fps: ``speed`` (m/s) and
+        ``yaw_rate`` (rad/s, left positive) float32 ``[n]`` and ``known`` bool ``[n]``."""
+        idx = list(indices)
+        if self.ego_track is None:
+            return EgoSeries.unknown(len(idx))
+        self.check_duration(max(idx, default=-1) + 1, rate)
+        return self.ego_track.series(np.asarray(idx, np.float64) / rate)
+
+    def _with_ego(self, identity: dict[str, Any]) -> dict[str, Any]:
+        """``identity`` plus the ego track's, when there is one (identities without one are unchanged)."""
+        return identity if self.ego_track is None else {**identity, "ego": self.ego_track.describe()}
+
+
+    ego_track_ends = False  # True: an ego track shorter than the drive follows the end policy
+
+    def _check_ego_duration(self, num_frames: int, rate: float) -> None:
+        """Under ``end="fail"`` a scenario whose ego track ends (``ego_track_ends``) before the
+        drive's last frame fails; otherwise a track holds its last values (or repeats)."""
+        track = self.ego_track
+        if track is None or track.cycle or not self.ego_track_ends or self.end == "hold" or num_frames == 0:
+            return
+        last = (num_frames - 1) / rate
+        if last > track.duration + 1e-9:
+            raise DriveSimInputError(
+                f"the ego track ends at {track.duration:.2f} s but the drive lasts until {last:.2f} s; "
+                "extend it or use end='hold' (--scenario-end hold) to hold its last values",
+                path=self.origin or None, field="ego.times", value=track.duration)
 
 
 class NoBoxScenario(Scenario):
-    """No boxes: the rollout drops the box conditioning (labels still apply)."""
+    """No boxes: the rollout drops the box conditioning (labels and an ego track still apply)."""
 
     has_boxes = False
 
-    def __init__(self, *, daynight: int, crowd: int = L.CROWD_UNKNOWN) -> None:
+    def __init__(self, *, daynight: int, crowd: int = L.CROWD_UNKNOWN, ego_track: EgoTrack | None = None) -> None:
         super().__init__(fps=1.0, daynight=daynight, crowd=crowd, max_boxes=1, length=None,
-                         origin="none")
+                         origin="none", ego_track=ego_track)
 
     def _source(self, indices):
         empty = (np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64))
         return [empty for _ in indices]
 
     def describe(self):
-        return {"kind": "none", "daynight": self.daynight, "crowd": self.crowd}
+        return self._with_ego({"kind": "none", "daynight": self.daynight, "crowd": self.crowd})
 
 
 class JsonScenario(Scenario):
-    """A ``drivesim.scenario/1`` file (validated on load; errors name file, field, value)."""
+    """A ``drivesim.scenario/1`` file (validated on load; errors name file, field, value). Its
+    ``ego`` track, when present, follows the file's end policy like its frames."""
+
+    ego_track_ends = True
 
     def __init__(self, path: str | Path, *, daynight: int | None = None,
                  end: str | None = None, max_boxes: int | None = None) -> None:
@@ -140,7 +184,8 @@ class JsonScenario(Scenario):
             crowd = L.crowd_bucket(float(np.mean(vehicles)))
         super().__init__(fps=parsed["fps"], daynight=parsed["daynight"] if daynight is None else daynight,
                          crowd=crowd, max_boxes=max_boxes or max(1, n_max),
-                         length=len(self._frames), end=end or parsed["end"], origin=str(path))
+                         length=len(self._frames), end=end or parsed["end"], origin=str(path),
+                         ego_track=parsed["ego"])
         self._sha = hashlib.sha256(raw).hexdigest()
 
     def _source(self, indices):
@@ -217,6 +262,7 @@ def _parse_scenario_doc(doc: Any, path: Path) -> tuple[list, dict[str, Any]]:
     if doc.get("schema") != SCHEMA:
         raise _field_error(path, "schema", doc.get("schema"), f"unknown scenario schema; expected '{SCHEMA}'")
     parsed = _parse_labels(doc, path)
+    parsed["ego"] = parse_track(doc["ego"], path=path, field="ego") if "ego" in doc else None
     frames = doc.get("frames")
     if not isinstance(frames, list) or not frames:
         raise _field_error(path, "frames", frames if not isinstance(frames, list) else [],
@@ -229,12 +275,14 @@ class SyntheticScenario(Scenario):
 
     Frames are produced in order and only the last ``cache`` frames are kept, so memory is
     constant; asking for an earlier frame (a resumed run) restarts the world from its seed
-    and steps forward, which is deterministic.
+    and steps forward, which is deterministic. ``ego_track`` commands the world's ego (the
+    traffic follows it); :meth:`ego_at` is the world's exact ego motion either way, which is
+    the command wherever no slower leader holds the ego back.
     """
 
     def __init__(self, seed: int, *, fps: float, night: bool = False, crowd: str = "moderate",
                  max_boxes: int = 16, cache: int = 256, crowd_probe_s: float = 30.0,
-                 traffic_range: float = DEFAULT_TRAFFIC_RANGE) -> None:
+                 traffic_range: float = DEFAULT_TRAFFIC_RANGE, ego_track: EgoTrack | None = None) -> None:
         if crowd not in SYNTHETIC_VEHICLES:
             raise DriveSimInputError(f"expected one of {tuple(SYNTHETIC_VEHICLES)}",
                                      path=f"synthetic:{seed}", field="crowd", value=crowd)
@@ -243,7 +291,7 @@ class SyntheticScenario(Scenario):
         self._cache: OrderedDict[int, tuple] = OrderedDict()
         self._cache_size, self._world, self._next = cache, None, 0
         super().__init__(fps=fps, daynight=L.NIGHT if night else L.DAY, crowd=L.CROWD_UNKNOWN,
-                         max_boxes=max_boxes, length=None, origin=f"synthetic:{seed}")
+                         max_boxes=max_boxes, length=None, origin=f"synthetic:{seed}", ego_track=ego_track)
         # crowd label = bucket of the mean visible vehicles over the first seconds of drive
         probe = self._source(list(range(max(1, int(round(crowd_probe_s * self.fps))))))
         self.crowd = L.crowd_bucket(float(np.mean([np.isin(c, L.VEHICLE_CLASSES).sum()
@@ -253,10 +301,12 @@ class SyntheticScenario(Scenario):
         from drivesim.data.world import DrivingWorld, WorldConfig
 
         cfg = WorldConfig(seed=self.seed, fps=self.fps, night=self.night,
-                          num_vehicles=SYNTHETIC_VEHICLES[self.crowd_knob], traffic_range=self.traffic_range)
+                          num_vehicles=SYNTHETIC_VEHICLES[self.crowd_knob], traffic_range=self.traffic_range,
+                          ego_track=self.ego_track)
         return DrivingWorld(cfg)
 
-    def _frame(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _frame(self, index: int) -> tuple:
+        """(boxes, classes, ids, (ego speed, ego yaw rate)) of world frame ``index``."""
         if index in self._cache:
             return self._cache[index]
         if self._world is None or index < self._next:
@@ -266,7 +316,7 @@ class SyntheticScenario(Scenario):
             visible = np.asarray(f.visibility) > 0
             item = (np.asarray(f.boxes, np.float32)[visible].reshape(-1, 4),
                     np.asarray(f.classes, np.int64)[visible],
-                    np.asarray(f.track_ids, np.int64)[visible])
+                    np.asarray(f.track_ids, np.int64)[visible], (f.ego_speed, f.ego_yaw_rate))
             self._cache[self._next] = item
             if len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
@@ -274,15 +324,20 @@ class SyntheticScenario(Scenario):
         return self._cache[index]
 
     def _source(self, indices):
-        return [self._frame(i) for i in indices]
+        return [self._frame(i)[:3] for i in indices]
+
+    def ego_at(self, indices: list[int] | range, rate: float) -> EgoSeries:
+        motion = [self._frame(i)[3] for i in self._source_indices(indices, rate)]
+        return EgoSeries.of([m[0] for m in motion], [m[1] for m in motion])
 
     def describe(self):
-        return {"kind": "synthetic", "seed": self.seed, "fps": self.fps, "night": self.night,
-                "crowd": self.crowd_knob, "max_boxes": self.max_boxes, "traffic_range": self.traffic_range}
+        return self._with_ego({"kind": "synthetic", "seed": self.seed, "fps": self.fps, "night": self.night,
+                               "crowd": self.crowd_knob, "max_boxes": self.max_boxes,
+                               "traffic_range": self.traffic_range})
 
 
 class ClipScenario(Scenario):
-    """The boxes recorded in a clip folder (clip format, ``drivesim.clip/1``)."""
+    """The boxes and ego motion recorded in a clip folder (clip format, ``drivesim.clip/1``)."""
 
     def __init__(self, clip_dir: str | Path, *, daynight: int | None = None, end: str = "fail",
                  max_boxes: int = 16) -> None:
@@ -305,32 +360,50 @@ class ClipScenario(Scenario):
                         np.asarray(t, np.int64)[keep]))
         return out
 
+    def ego_at(self, indices: list[int] | range, rate: float) -> EgoSeries:
+        return self._clip.ego_arrays(self._source_indices(indices, rate))
+
     def describe(self):
         return {"kind": "clip", "clip_json_sha256": self._sha, "daynight": self.daynight,
                 "end": self.end, "max_boxes": self.max_boxes}
 
 
 def load_scenario(spec: str, *, fps: float, daynight: str | None = None, crowd: str = "moderate",
-                  end: str | None = None, max_boxes: int = 16, traffic_range: float = DEFAULT_TRAFFIC_RANGE) -> Scenario:
-    """Parse ``--scenario``: ``synthetic:SEED`` | ``clip:DIR`` | ``none`` | a JSON path.
+                  end: str | None = None, max_boxes: int = 16, traffic_range: float = DEFAULT_TRAFFIC_RANGE,
+                  ego: str | None = None) -> Scenario:
+    """Parse ``--scenario``: ``synthetic:SEED[:EGO]`` | ``clip:DIR`` | ``none[:EGO]`` | a JSON path.
 
     ``fps`` is the rate the synthetic world is stepped at (the rollout's output fps);
-    ``daynight`` overrides the scenario's own label when given.
+    ``daynight`` overrides the scenario's own label when given. ``EGO`` (or ``ego``) is an ego
+    preset (``drivesim.data.ego_presets.PRESETS``) or an ego-track JSON file.
     """
     dn = None if daynight is None else _daynight_arg(daynight)
-    if spec == "none":
-        return NoBoxScenario(daynight=L.DAY if dn is None else dn)
-    if spec.startswith("synthetic:"):
-        seed = spec.split(":", 1)[1]
+    kind, _, rest = spec.partition(":")
+    if kind == "none":
+        track = _ego_arg(rest or None, ego, spec)
+        return NoBoxScenario(daynight=L.DAY if dn is None else dn, ego_track=track)
+    if kind == "synthetic":
+        seed, _, ego_spec = rest.partition(":")
         if not seed.lstrip("-").isdigit():
-            raise DriveSimInputError("expected synthetic:SEED with an integer seed",
+            raise DriveSimInputError("expected synthetic:SEED[:EGO] with an integer seed",
                                      field="--scenario", value=spec)
-        return SyntheticScenario(int(seed), fps=fps, night=dn == L.NIGHT, crowd=crowd,
-                                 max_boxes=max_boxes, traffic_range=traffic_range)
-    if spec.startswith("clip:"):
-        return ClipScenario(spec.split(":", 1)[1], daynight=dn, end=end or "fail",
-                            max_boxes=max_boxes)
+        return SyntheticScenario(int(seed), fps=fps, night=dn == L.NIGHT, crowd=crowd, max_boxes=max_boxes,
+                                 traffic_range=traffic_range, ego_track=_ego_arg(ego_spec or None, ego, spec))
+    if ego is not None:
+        raise DriveSimInputError("an ego track goes with synthetic:SEED or none scenarios; a JSON scenario "
+                                 "has its own 'ego' section and a clip its recorded motion",
+                                 field="--ego", value=ego)
+    if kind == "clip":
+        return ClipScenario(rest, daynight=dn, end=end or "fail", max_boxes=max_boxes)
     return JsonScenario(spec, daynight=dn, end=end)
+
+
+def _ego_arg(in_spec: str | None, given: str | None, spec: str) -> EgoTrack | None:
+    if in_spec is not None and given is not None:
+        raise DriveSimInputError("the ego track is given twice (in the scenario and as an argument)",
+                                 field="--ego", value=[spec, given])
+    chosen = in_spec if in_spec is not None else given
+    return None if chosen is None else load_track(chosen)
 
 
 def _daynight_arg(value: str) -> int:

@@ -80,6 +80,7 @@ def test_clips_datamodule_batches_and_splits(tmp_path):
     assert batch["boxes"].shape == (2, 4, 3, 4) and batch["box_classes"].dtype == torch.int64
     assert batch["daynight"].shape == (2,) and batch["fps"].tolist() == [5.0, 5.0]
     assert len(batch["clip_id"]) == 2 and dm.steps_per_epoch() == len(dm.train_set) // 2
+    assert batch["ego_speed"].shape == batch["ego_known"].shape == (2, 4) and batch["ego_known"].dtype == torch.bool
 
 
 def test_val_stride_thins_only_the_val_split(tmp_path):
@@ -154,8 +155,12 @@ def test_synthetic_datamodule_contract_and_rank_split():
         ids += [c for b in batches for c in b["clip_id"]]
         val = next(iter(dm.val_dataloader()))
         assert val["video"].shape == (2, 2, 3, 32, 64) and val["boxes"].shape == (2, 2, 4, 4)
+        assert val["ego_known"].all() and val["ego_yaw_rate"].shape == (2, 2)  # the world's exact motion
         assert val["video"].min() >= -1 and val["video"].max() <= 1
     assert sorted(ids) == sorted(f"synth-s0-e0-i{i}" for i in range(8))
+    dm = DriveDataModule(**kw, ego_program_fraction=1.0)
+    dm.setup("fit")
+    assert dm.train_set.ego_program_fraction == 1.0 and dm.train_set.scenario(0)["ego_program"] is not None
 
 
 def test_synthetic_workers_distinct_and_reproducible():

@@ -23,25 +23,29 @@ from drivesim.utils.io import DriveSimInputError
 H, W = 24, 40
 
 
-def indexed_clip(path, n, fps=30.0, fmt="png", daynight="day"):
-    """Frame i: blue = 5 * (i % 50); one car whose x1 = i / 100 (the index is readable back)."""
+def indexed_clip(path, n, fps=30.0, fmt="png", daynight="day", ego=False):
+    """Frame i: blue = 5 * (i % 50); one car whose x1 = i / 100 (the index is readable back);
+    with ``ego``, ego speed i / 10 m/s and yaw rate -i / 1000 rad/s (else unknown)."""
     with ClipWriter(path, fps=fps, height=H, width=W, labels={"daynight": daynight}, frames_format=fmt) as w:
         for i in range(n):
             f = np.full((H, W, 3), 60, np.uint8)
             f[..., 2] = 5 * (i % 50)
-            w.add_frame(f, boxes=[[i / 100, 0.25, i / 100 + 0.1, 0.75]], classes=[1], track_ids=[3])
+            motion = dict(ego_speed=i / 10, ego_yaw_rate=-i / 1000) if ego else {}
+            w.add_frame(f, boxes=[[i / 100, 0.25, i / 100 + 0.1, 0.75]], classes=[1], track_ids=[3], **motion)
     return read_clip(path)
 
 
 def make_dataset(root, lengths=(40, 40), fps=30.0, val_fraction=0.0, fmt="png"):
-    entries = [manifest_entry(indexed_clip(root / f"c{i}", n, fps, fmt), root,
+    """Clips c0, c1, ... (see ``indexed_clip``); the even ones carry ego motion."""
+    entries = [manifest_entry(indexed_clip(root / f"c{i}", n, fps, fmt, ego=i % 2 == 0), root,
                               assign_split(i, len(lengths), val_fraction)) for i, n in enumerate(lengths)]
     write_manifest(root, entries, overwrite=True)
     return root
 
 
 def check_contract(batch, b, t, h, w, n):
-    assert set(batch) == {"video", "boxes", "box_classes", "box_ids", "daynight", "crowd", "fps", "clip_id"}
+    assert set(batch) == {"video", "boxes", "box_classes", "box_ids", "ego_speed", "ego_yaw_rate", "ego_known",
+                          "daynight", "crowd", "fps", "clip_id"}
     assert batch["video"].dtype == torch.float32 and batch["video"].shape == (b, t, 3, h, w)
     assert batch["video"].min() >= -1 and batch["video"].max() <= 1
     assert batch["boxes"].dtype == torch.float32 and batch["boxes"].shape == (b, t, n, 4)
@@ -52,6 +56,11 @@ def check_contract(batch, b, t, h, w, n):
     for key in ("daynight", "crowd"):
         assert batch[key].dtype == torch.int64 and batch[key].shape == (b,)
     assert batch["fps"].dtype == torch.float32 and batch["fps"].shape == (b,)
+    for key in ("ego_speed", "ego_yaw_rate"):
+        assert batch[key].dtype == torch.float32 and batch[key].shape == (b, t)
+        assert batch[key][~batch["ego_known"]].eq(0).all()  # unknown carries no value
+    assert batch["ego_known"].dtype == torch.bool and batch["ego_known"].shape == (b, t)
+    assert batch["ego_speed"].ge(0).all()
     assert isinstance(batch["clip_id"], list) and all(isinstance(c, str) for c in batch["clip_id"])
 
 
@@ -75,6 +84,10 @@ def test_clip_batch_contract_and_fps_resampling(tmp_path):
     assert torch.equal(blue, expect)
     assert torch.allclose(batch["boxes"][:, :, 0, 0] * 100, expect, atol=1e-3)
     assert batch["box_classes"][:, :, 0].eq(1).all() and batch["box_ids"][:, :, 0].eq(3).all()
+    # the ego motion follows the same frames: c0 has it, c1 (written without) is unknown
+    assert batch["ego_known"][:3].all() and not batch["ego_known"][3:].any()
+    torch.testing.assert_close(batch["ego_speed"][:3] * 10, expect[:3])
+    torch.testing.assert_close(batch["ego_yaw_rate"][:3] * -1000, expect[:3])
 
 
 def test_native_fps_and_single_frame_mode(tmp_path):
@@ -180,6 +193,8 @@ def test_synthetic_contract_and_determinism():
     assert torch.equal(again["video"], items[2]["video"]) and torch.equal(again["boxes"], items[2]["boxes"])
     assert not torch.equal(items[0]["video"], items[1]["video"])
     assert batch["box_classes"].gt(0).any()  # vehicles are labelled
+    assert batch["ego_known"].all() and batch["ego_speed"].gt(0).any()  # exact ego motion in every frame
+    assert torch.equal(again["ego_speed"], items[2]["ego_speed"])
     nxt = list(ds)  # next epoch: fresh drives
     assert not torch.equal(nxt[0]["video"], items[0]["video"])
 
@@ -212,3 +227,24 @@ def test_frame_cache_falls_back_to_windows_when_a_frame_is_broken(tmp_path):
     (root / "c0" / "frames" / "000030.png").write_bytes(b"junk")  # in window 2 of c0 only
     assert ds[0]["clip_id"] == "c0" and not ds.decode_failures  # window 0 still reads
     assert ds[2]["clip_id"] == "c1" and ds.decode_failures == {"c0": 1}
+
+
+def test_ego_programs_are_drawn_apart_from_the_other_scenario_draws():
+    """A share of drives follows a random ego program; the rest of each draw does not depend on it,
+    so clips without a program are the drives they were without the option."""
+    none, half, every = (_synthetic(ego_program_fraction=f, samples=40) for f in (0.0, 0.5, 1.0))
+    drawn = [half.scenario(i) for i in range(40)]
+    for i, sc in enumerate(drawn):
+        base = none.scenario(i)
+        assert base["ego_program"] is None and every.scenario(i)["ego_program"] is not None
+        assert {k: v for k, v in sc.items() if k != "ego_program"} == {k: v for k, v in base.items()
+                                                                       if k != "ego_program"}
+    assert 10 < sum(sc["ego_program"] is not None for sc in drawn) < 30
+    with pytest.raises(ValueError, match="ego_program_fraction"):
+        _synthetic(ego_program_fraction=1.5)
+
+
+def test_programmed_drives_vary_their_speed():
+    ds = _synthetic(ego_program_fraction=1.0, frames=40, height=16, width=32, fps=5.0)
+    speeds = torch.stack([ds.sample(i)["ego_speed"] for i in range(2)])     # [2, 40]: 8 s each
+    assert (speeds.amax(dim=1) - speeds.amin(dim=1)).gt(2.0).all()

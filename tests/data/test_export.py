@@ -38,6 +38,11 @@ def test_synth_writes_clips_and_manifest(tmp_path, capsys):
     np.testing.assert_array_equal(classes, stream["box_classes"].numpy())
     ds = ClipDataset(tmp_path / "ds", "train", frames=2, fps=5.0, height=32, width=64)
     assert len(ds) == 2
+    # every frame carries the world's exact ego motion, the same as the stream's
+    ego = clip.ego_arrays(range(4))
+    assert ego.known.all()
+    np.testing.assert_allclose(ego.speed, stream["ego_speed"].numpy(), atol=1e-4)
+    np.testing.assert_allclose(ego.yaw_rate, stream["ego_yaw_rate"].numpy(), atol=1e-5)
 
 
 def test_synth_workers_write_the_same_dataset(tmp_path, capsys):
@@ -98,11 +103,35 @@ def test_check_reports_bad_clips(tmp_path, capsys):
 
 def test_check_empty_folder_and_write_manifest(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    assert main(["data", "check", str(tmp_path / "empty")]) == 1
-    assert "empty" in capsys.readouterr().out
+    assert main(["data", "check", str(tmp_path / "empty")]) == 2  # no dataset at all: a user error
+    assert "empty" in capsys.readouterr().err
     out = tmp_path / "ds"
     assert synth(out) == 0
     (out / MANIFEST).unlink()
-    assert main(["data", "check", str(out)]) == 1
+    assert main(["data", "check", str(out)]) == 2  # clips but no manifest: the error says how to write one
+    assert "--write-manifest" in capsys.readouterr().err
     assert main(["data", "check", str(out), "--write-manifest", "--val-fraction", "0"]) == 0
     assert [e.split for e in read_manifest(out)] == ["train"] * 3
+
+
+def test_synth_ego_programs_option(tmp_path, capsys):
+    """--ego-programs 1: every clip's ego drives a random program (labelled with its seed); 0: none
+    does. A clip without a program is the same drive either way."""
+    assert synth(tmp_path / "all", "--ego-programs", "1", "--seconds", "2", "--format", "png") == 0
+    assert synth(tmp_path / "none", "--ego-programs", "0", "--seconds", "2", "--format", "png") == 0
+    for i in range(3):
+        prog, plain = (read_clip(tmp_path / d / f"synth_{i:06d}") for d in ("all", "none"))
+        assert isinstance(prog.labels["ego_program"], int) and "ego_program" not in plain.labels
+        assert prog.labels["seed"] == plain.labels["seed"] and prog.ego.known.all() and plain.ego.known.all()
+    assert synth(tmp_path / "all", "--ego-programs", "0", "--seconds", "2", "--format", "png", "--skip-existing") == 1
+    assert "ego program" in capsys.readouterr().err
+    source = SyntheticDataset(seed=4, max_vehicles=4, ego_program_fraction=0.5)
+    half = [i for i in range(12) if source.scenario(i)["ego_program"] is None]
+    assert synth(tmp_path / "half", "--clips", "12", "--val-fraction", "0", "--seconds", "2", "--format", "png") == 0
+    assert synth(tmp_path / "zero", "--clips", "12", "--val-fraction", "0", "--seconds", "2", "--format", "png",
+                 "--ego-programs", "0") == 0
+    assert 0 < len(half) < 12
+    for i in half:  # the default (half the clips with a program) leaves the others' drives unchanged
+        a, b = (read_clip(tmp_path / d / f"synth_{i:06d}") for d in ("half", "zero"))
+        assert (a.path / "clip.json").read_bytes() == (b.path / "clip.json").read_bytes()
+    assert synth(tmp_path / "bad", "--ego-programs", "2") == 2

@@ -25,9 +25,11 @@ def _write_dataset(root, generator: np.random.Generator) -> None:
                         frames_format="png") as writer:
             for t in range(n):
                 x0 = 0.1 + 0.05 * t
+                ego = dict(ego_speed=2.0 * t, ego_yaw_rate=0.01 * t) if i == 0 else {}  # clip0 knows its motion
                 writer.add_frame(generator.integers(0, 256, (H, W, 3), dtype=np.uint8),
                                  boxes=np.array([[x0, 0.2, x0 + 0.3, 0.6], [0.5, 0.5, 0.9, 0.9]][: 1 + t % 2]),
-                                 classes=np.array([1, 3][: 1 + t % 2]), track_ids=np.array([1, 2][: 1 + t % 2]))
+                                 classes=np.array([1, 3][: 1 + t % 2]), track_ids=np.array([1, 2][: 1 + t % 2]),
+                                 **ego)
         entries.append(manifest_entry(read_clip(clip_dir), root, split))
     write_manifest(root, entries)
 
@@ -58,8 +60,24 @@ def test_round_trip_matches_direct_encoding_and_clip_windows(tmp_path, dataset):
             direct = ae.encode_latents(want["video"][None])[0]  # [T, C, h, w], posterior mean * scale
         assert got["latents"].shape == (3, 4, H // 2, W // 2)
         torch.testing.assert_close(got["latents"], direct, atol=1e-5, rtol=1e-5)
-        for key in ("boxes", "box_classes", "box_ids", "daynight", "crowd", "fps"):
+        for key in ("boxes", "box_classes", "box_ids", "daynight", "crowd", "fps", "ego_speed", "ego_yaw_rate",
+                    "ego_known"):
             torch.testing.assert_close(got[key], want[key], msg=key)
+    assert any(lat[i]["ego_known"].all() for i in range(len(lat)))  # clip0's motion came through
+    assert any(not lat[i]["ego_known"].any() for i in range(len(lat)))  # clip1's is unknown
+
+
+def test_caches_written_without_ego_motion_read_as_unknown(tmp_path, dataset):
+    from safetensors.torch import load_file, save_file
+
+    ckpt, _ = _model_file(tmp_path / "ae.pt")
+    encode_dataset(ckpt, dataset, tmp_path / "lat", progress=False)
+    shard = tmp_path / "lat" / "shard-00000.safetensors"
+    tensors = {k: v for k, v in load_file(str(shard)).items() if ".ego_" not in k}  # as before ego labels
+    save_file(tensors, str(shard))
+    sample = LatentClipDataset(tmp_path / "lat", split="train", frames=3, sample=False)[0]
+    assert sample["ego_known"].dtype == torch.bool and not sample["ego_known"].any()
+    assert sample["ego_speed"].shape == (3,) and sample["ego_speed"].eq(0).all()
 
 
 def test_sampled_latents_are_seeded_and_fresh_per_epoch(tmp_path, dataset):

@@ -24,13 +24,17 @@ from data_prep.nuscenes_to_clips import CATEGORY_MAP, clip_to_near, official_spl
 from data_prep.synthetic_to_nuscenes import FixtureScene, _world, export_fixture, quaternion_wxyz
 from drivesim.cli import main
 from drivesim.data.clip_format import read_clip, read_manifest
+from drivesim.data.ego import EgoTrack
 from drivesim.data.labels import CLASS_IDS
 from drivesim.utils.io import DriveSimInputError, read_json
 
 pytestmark = pytest.mark.nuscenes
 
 H, W = 90, 160
-SCENES = (FixtureScene(seed=0, num_vehicles=8), FixtureScene(seed=1, night=True, weather="rain", num_vehicles=12))
+# scene 0's ego brakes from 14 to 10 m/s while turning left (0.12 rad/s); scene 1's drives on its own
+BRAKE_LEFT = EgoTrack((0.0, 0.4, 1.6, 2.0), (14.0, 14.0, 10.0, 10.0), (0.0, 0.12, 0.12, 0.12), name="brake-left")
+SCENES = (FixtureScene(seed=0, num_vehicles=8, ego=BRAKE_LEFT),
+          FixtureScene(seed=1, night=True, weather="rain", num_vehicles=12))
 SECONDS = 2.0  # 5 key frames, 25 frames at 12 Hz per scene
 
 
@@ -178,10 +182,10 @@ def test_resize_subset_clip_seconds_resume_and_overwrite(dataroot, tmp_path):
 
 def test_bad_inputs_name_the_problem(dataroot, tmp_path):
     with pytest.raises(DriveSimInputError, match="v1.0-trainval.*--version"):
-        main(["data", "nuscenes", "--dataroot", str(dataroot), "--out", str(tmp_path / "o")])
+        main(["data", "nuscenes", "--dataroot", str(dataroot), "--out", str(tmp_path / "o"), "--debug"])
     with pytest.raises(DriveSimInputError, match="--scenes.*scene-9999"):
         main(["data", "nuscenes", "--dataroot", str(dataroot), "--version", "v1.0-mini", "--out",
-              str(tmp_path / "o"), "--scenes", "scene-9999"])
+              str(tmp_path / "o"), "--scenes", "scene-9999", "--debug"])
     code = main(["data", "nuscenes", "--dataroot", str(dataroot), "--version", "v1.0-mini", "--out",
                  str(tmp_path / "o"), "--camera", "CAM_BACK", "--no-progress"])
     failed = read_json(tmp_path / "o" / "conversion_report.json")["failed"]
@@ -224,3 +228,23 @@ def test_clip_dataset_loads_the_converted_scenes(converted):
     sample = ds[0]
     assert sample["video"].shape == (4, 3, 45, 80) and sample["boxes"].shape == (4, 8, 4)
     assert (sample["box_classes"] > 0).any()
+
+
+def test_ego_motion_from_the_ego_poses_matches_the_world(converted):
+    """Central differences of the 12 Hz ego poses against the world's exact speed and yaw rate (which
+    steps with the 20 Hz simulation: the speed may differ by half a tick of acceleration, and a
+    yaw rate that steps (a lane change starting) by about half the step)."""
+    for s, scene in enumerate(SCENES):
+        clip = read_clip(converted / f"synth-{s:04d}")
+        frames = world_frames(scene, clip.num_frames)
+        ego = clip.ego_arrays(range(clip.num_frames))
+        assert ego.known.all()
+        speed = np.array([f.ego_speed for f in frames])
+        yaw = np.array([f.ego_yaw_rate for f in frames])
+        inner = slice(1, -1)  # the end frames are one-sided differences
+        half_tick = 0.025 * np.abs(np.gradient(speed, 1.0 / 12.0))  # m/s: half a 20 Hz tick of acceleration
+        assert (np.abs(ego.speed - speed) <= 0.03 + 1.5 * half_tick)[inner].all(), (s, ego.speed, speed)
+        jump = np.maximum(np.abs(np.diff(yaw, prepend=yaw[0])), np.abs(np.diff(yaw, append=yaw[-1])))
+        assert (np.abs(ego.yaw_rate - yaw) <= 0.01 + 0.6 * jump)[inner].all(), (s, ego.yaw_rate, yaw)
+    braking = read_clip(converted / "synth-0000").ego
+    assert braking.speed[0] > 13.5 and braking.speed[-2] < 10.5 and braking.yaw_rate[12] == pytest.approx(0.12, abs=0.02)

@@ -158,22 +158,104 @@ def test_synthetic_scenario_traffic_range_reaches_the_world_and_the_state():
     assert mean_area(near) > 1.5 * mean_area(far)  # the same traffic, closer to the camera
 
 
-def test_preset_demo_resolves_checkpoints(tmp_path):
+def test_preset_demo_resolves_run_folder_models(tmp_path):
     import argparse
 
-    from drivesim.rollout.cli import add_arguments, resolve_preset
+    from drivesim.rollout.cli import add_arguments, model_files, rollout_targets
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     args = parser.parse_args(["--preset", "demo", "--runs", str(tmp_path)])
-    with pytest.raises(DriveSimInputError, match="make demo"):
-        resolve_preset(args)
-    for sub, suffix in (("autoencoder_temporal", ".safetensors"), ("video_ldm", ".pt")):
+    with pytest.raises(DriveSimInputError, match="run folder not found"):
+        model_files(args)
+    (tmp_path / "demo").mkdir()
+    with pytest.raises(DriveSimInputError, match="no autoencoder model"):
+        model_files(args)
+    for sub, suffix in (("autoencoder", ".safetensors"), ("autoencoder_temporal", ".safetensors"),
+                        ("video_ldm", ".pt")):
         (tmp_path / "demo" / sub).mkdir(parents=True)
         (tmp_path / "demo" / sub / f"model{suffix}").write_bytes(b"x")
     args = parser.parse_args(["--preset", "demo", "--runs", str(tmp_path), "--video-ckpt", "v.pt"])
-    resolve_preset(args)
-    assert args.video_ckpt == "v.pt"  # explicit arguments win
-    assert args.ae_ckpt == str(tmp_path / "demo" / "autoencoder_temporal" / "model.safetensors")
-    assert args.image_ckpt is None and args.daynight == "both"
-    assert args.out == str(tmp_path / "rollouts" / "demo")
+    files = model_files(args)
+    assert files["video"] == "v.pt"  # explicit arguments win
+    # the temporal decoder is preferred over the image-stage autoencoder
+    assert files["autoencoder"] == tmp_path / "demo" / "autoencoder_temporal" / "model.safetensors"
+    assert "image" not in files
+    assert rollout_targets(args) == [("day", tmp_path / "rollouts" / "demo" / "day"),
+                                     ("night", tmp_path / "rollouts" / "demo" / "night")]
+
+
+# ---------------------------------------------------------------- ego tracks
+def test_json_ego_track_is_read_at_the_video_rate_and_follows_the_end_policy(tmp_path):
+    ego = {"times": [0.0, 1.0, 2.0], "speed": [10.0, 12.0, 0.0], "yaw_rate": [0.0, 0.1, 0.1]}
+    sc = JsonScenario(write(tmp_path, doc(n=5, fps=2.0, ego=ego)))  # 2.5 s of boxes, 2 s of ego track
+    motion = sc.ego_at(range(5), rate=2.0)  # t = 0, 0.5, 1, 1.5, 2: linear between the knots
+    np.testing.assert_allclose(motion.speed, [10.0, 11.0, 12.0, 6.0, 0.0])
+    np.testing.assert_allclose(motion.yaw_rate, [0.0, 0.05, 0.1, 0.1, 0.1], atol=1e-7)
+    assert motion.known.all() and motion.speed.dtype == np.float32
+    with pytest.raises(DriveSimInputError) as info:
+        sc.check_duration(num_frames=10, rate=4.0)  # 2.25 s > 2 s of track
+    assert "field 'ego.times'" in str(info.value)
+    held = JsonScenario(write(tmp_path, doc(n=8, fps=2.0, ego=ego, end="hold"), "h.json"))
+    assert held.ego_at([40], rate=4.0).speed.tolist() == [0.0]
+    plain = JsonScenario(write(tmp_path, doc(), "p.json"))
+    assert not plain.ego_at(range(3), rate=2.0).known.any() and "ego" not in plain.describe()
+
+
+def test_json_waypoints_on_a_circle_become_speed_and_yaw_rate(tmp_path):
+    v, radius = 12.0, 60.0  # constant speed on a circle: yaw rate v / R = 0.2 rad/s
+    t = np.arange(0.0, 6.01, 0.25)
+    pts = [[float(s), radius * float(np.sin(v * s / radius)), radius * float(1 - np.cos(v * s / radius))] for s in t]
+    sc = JsonScenario(write(tmp_path, doc(n=12, fps=2.0, ego={"waypoints": pts})))
+    motion = sc.ego_at(range(12), rate=2.0)
+    np.testing.assert_allclose(motion.speed, v, rtol=5e-3)
+    np.testing.assert_allclose(motion.yaw_rate, v / radius, rtol=5e-3)
+
+
+@pytest.mark.parametrize("ego,field,value", [
+    ({"times": [0, 1], "speed": [3, -1], "yaw_rate": [0, 0]}, "ego[1].speed", "-1"),
+    ({"times": [0, 1], "speed": [3, 1], "yaw_rate": [0, float("nan")]}, "ego.yaw_rate[1]", "nan"),
+    ({"times": [1, 0], "speed": [3, 1], "yaw_rate": [0, 0]}, "ego.times[1]", "0"),
+    ({"speed": [3, 1]}, "ego", "speed"),
+    ({"waypoints": [[0, 0, 0], [0.5, 90, 0]]}, "ego.waypoints[0] (derived).speed", "180"),
+])
+def test_bad_ego_sections_name_file_field_value(tmp_path, ego, field, value):
+    path = write(tmp_path, doc(ego=ego))
+    with pytest.raises(DriveSimInputError) as info:
+        JsonScenario(path)
+    msg = str(info.value)
+    assert str(path) in msg and f"field '{field}'" in msg and value in msg
+
+
+def test_synthetic_scenario_with_an_ego_preset_drives_the_world(tmp_path):
+    stop = load_scenario("synthetic:3:stop_and_go", fps=4.0, crowd="quiet")
+    plain = load_scenario("synthetic:3", fps=4.0, crowd="quiet")
+    motion = stop.ego_at(range(100), rate=4.0)  # 25 s: 6 s cruise, brake, 4 s standing, go
+    assert motion.known.all() and motion.speed.max() > 11.0 and (motion.speed == 0).sum() >= 15
+    np.testing.assert_allclose(motion.speed[:20], 12.0, atol=0.1)  # the command, where nothing is ahead
+    base = plain.ego_at(range(100), rate=4.0)
+    assert base.known.all() and base.speed.min() > 5.0  # the world's own driver never stops here
+    assert stop.describe()["ego"]["name"] == "stop_and_go" and "ego" not in plain.describe()
+    assert not np.array_equal(stop.frames_at(range(60, 80), 4.0).boxes, plain.frames_at(range(60, 80), 4.0).boxes)
+    track = tmp_path / "ego.json"
+    track.write_text(json.dumps({"ego": {"times": [0, 5], "speed": [8, 8], "yaw_rate": [0.1, 0.1]}}))
+    curve = load_scenario("synthetic:3", fps=4.0, crowd="quiet", ego=str(track))
+    np.testing.assert_allclose(curve.ego_at(range(0, 40, 4), rate=4.0).yaw_rate, 0.1, atol=0.01)
+
+
+def test_none_and_clip_scenarios_carry_ego_motion(tmp_path):
+    none = load_scenario("none:curve", fps=10.0)
+    motion = none.ego_at(range(0, 200, 10), rate=10.0)
+    np.testing.assert_allclose(motion.speed, 14.0)
+    assert motion.known.all() and motion.yaw_rate.max() == pytest.approx(0.15)
+    assert not load_scenario("none", fps=10.0).ego_at(range(3), 10.0).known.any()
+    clip_dir = tmp_path / "clip"
+    with ClipWriter(clip_dir, fps=4.0, height=16, width=32) as w:
+        for i in range(6):
+            w.add_frame(np.zeros((16, 32, 3), np.uint8), ego_speed=float(i), ego_yaw_rate=0.01 * i)
+    rec = load_scenario(f"clip:{clip_dir}", fps=2.0).ego_at(range(3), rate=2.0)  # every second frame
+    assert rec.speed.tolist() == [0.0, 2.0, 4.0] and rec.known.all()
+    for spec, ego, field in (("synthetic:1:spin", None, "ego"), ("synthetic:1:cruise", "brake", "--ego"),
+                             (f"clip:{clip_dir}", "cruise", "--ego")):
+        with pytest.raises(DriveSimInputError, match=field):
+            load_scenario(spec, fps=10.0, ego=ego)

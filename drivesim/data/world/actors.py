@@ -5,7 +5,10 @@ Longitudinal motion follows the Intelligent Driver Model (Treiber et al. 2000):
 Lateral motion is a rate-limited move towards the target lane centre; lane changes happen
 when a vehicle is blocked by a slower leader or when its random timer fires, and only if
 the target lane has room. Vehicles that fall out of the simulated window around the ego
-are respawned ahead or behind, so the scene keeps ``num_vehicles`` road users. Pedestrians
+are respawned ahead or behind, so the scene keeps ``num_vehicles`` road users. A commanded
+ego (``command_ego``) drives its command's speed instead of the IDM's, capped behind a slower
+leader; everyone else reacts to it as to any road user. The ego eases into lane changes
+(``_ego_lateral``) so the camera never turns faster than a car. Pedestrians
 (``num_pedestrians``) walk along the sidewalks beyond the shoulders with the same model at
 walking pace; they never enter the road. Slot 0 is the ego (track id 0, never labelled);
 other track ids start at 1 and are never reused.
@@ -24,7 +27,9 @@ from .road import LaneLayout
 
 # IDM parameters (Treiber et al. 2000, typical values)
 _S0, _T_HEAD, _A_MAX, _B_COMF = 2.5, 1.3, 1.5, 2.5
+_MAX_BRAKE = 9.0          # m/s², the hardest braking of any driver
 _LAT_SPEED = 1.1          # m/s, lane changes take ~3 s
+_EGO_LAT_ACC = 1.5        # m/s², the ego's lateral acceleration into and out of a lane change
 _BEHIND = -70.0            # simulated range of s relative to the ego: (_BEHIND, traffic_range)
 _MEAN_LC_TIME = 25.0      # mean seconds between spontaneous lane changes
 _SIDEWALK = 2.7           # sidewalk centre: metres beyond the road's edge line
@@ -89,8 +94,16 @@ class Traffic:
         self.t_lc[0] = np.inf  # the ego changes lane only when blocked
         self.length[0] = 4.5
         self.active[0] = True
+        self.ego_control = None  # set by command_ego: the ego follows a commanded track
         for i in range(1, n):
             self._spawn(i, where="anywhere")
+
+    def command_ego(self, control) -> None:
+        """Drive the ego by ``control`` (``ego_control.EgoController``) from now on: its speed is
+        the commanded one (capped behind a slower leader), it still changes lane when blocked."""
+        self.ego_control = control
+        rate = control.lane_rate(self.time, float(self.s[0]), float(self.d[0]))
+        self.v[0] = self.v_des[0] = rate
 
     # ----------------------------------------------------------------- spawning
     def _spawn(self, i: int, where: str) -> None:
@@ -172,14 +185,30 @@ class Traffic:
         s_star = _S0 + v * _T_HEAD + v * (v - v_lead) / (2.0 * np.sqrt(_A_MAX * _B_COMF))
         gap_c = np.maximum(gap, 0.1)
         acc = _A_MAX * (1.0 - (v / np.maximum(self.v_des, 0.1)) ** 4 - (np.maximum(s_star, 0) / gap_c) ** 2)
-        acc = np.clip(acc, -9.0, _A_MAX)
+        acc = np.clip(acc, -_MAX_BRAKE, _A_MAX)
         self.v = np.where(self.active, np.maximum(v + acc * dt, 0.0), 0.0)
+        if self.ego_control is not None:
+            self._command_ego(float(gap[0]), float(v_lead[0]), float(v[0]), dt)
         self.s = self.s + self.direction * self.v * dt
+        ego_vd = float(self.vd[0])
         self.vd = np.clip(1.2 * (self.d_target - self.d), -_LAT_SPEED, _LAT_SPEED)
+        self.vd[0] = _ego_lateral(ego_vd, float(self.vd[0]), float(self.v[0]), dt)
         self.d = self.d + self.vd * dt
         self.time += dt
         self._lane_changes(gap, v_lead)
         self._respawn()
+
+    def _command_ego(self, gap: float, v_lead: float, v_old: float, dt: float) -> None:
+        """The commanded ego's speed over this tick: the command at its middle, capped by the
+        speed from which it can still fall in behind its leader braking at _B_COMF (braking
+        for that at most _MAX_BRAKE m/s² from its speed ``v_old``, like every driver here). Held
+        back, it returns to the command accelerating at the command's own rate or _A_MAX,
+        whichever is higher."""
+        rate = self.ego_control.lane_rate(self.time + 0.5 * dt, float(self.s[0]), float(self.d[0]))
+        rise = max(_A_MAX * dt, rate - float(self.v_des[0]))  # behind the command: catch up at >= _A_MAX
+        self.v_des[0] = rate
+        safe = self.ego_control.safe_speed(gap, v_lead, _S0, _B_COMF)
+        self.v[0] = max(min(rate, v_old + rise, max(safe, v_old - _MAX_BRAKE * dt)), 0.0)
 
     def _lane_changes(self, gap: np.ndarray, v_lead: np.ndarray) -> None:
         settled = self.active & ~self.is_ped & (np.abs(self.d - self.d_target) < 0.05)
@@ -212,3 +241,13 @@ class Traffic:
         idx = np.flatnonzero(self.active)
         return Snapshot(self.time, self.track_id[idx].copy(), self.s[idx].copy(), self.d[idx].copy(),
                         self.v[idx].copy(), self.vd[idx].copy(), self.direction[idx].copy())
+
+
+def _ego_lateral(previous: float, wanted: float, speed: float, dt: float) -> float:
+    """The ego's lateral speed: towards ``wanted`` at most _EGO_LAT_ACC m/s² and never above a
+    tenth of its speed, so the camera turns into a lane change smoothly (its heading offset stays
+    below atan(0.1) and its yaw rate that of a car) and a standing ego does not slide sideways."""
+    cap = min(_LAT_SPEED, 0.1 * speed)
+    step = _EGO_LAT_ACC * dt
+    eased = min(max(wanted, previous - step), previous + step)
+    return min(max(eased, -cap), cap)

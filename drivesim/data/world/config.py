@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from drivesim.data.ego import EgoTrack
 from drivesim.utils.io import DriveSimInputError
 
 WEATHERS: tuple[str, ...] = ("clear", "rain", "fog")
@@ -43,6 +44,7 @@ class WorldConfig:
     lanes_oncoming: int = 2
     lane_width: float = 3.5
     ego_speed: float | None = None   # desired ego speed in m/s; None draws one from the seed
+    ego_track: EgoTrack | None = None  # commanded ego speed / yaw rate over time (ego_control.py)
     traffic_range: float = DEFAULT_TRAFFIC_RANGE  # metres ahead of the ego within which traffic is simulated
     sim_hz: float = 20.0             # fixed simulation clock; frames interpolate between ticks
     # labels
@@ -80,6 +82,8 @@ class WorldConfig:
                self.lane_width, "must be in [2.5, 5] metres")
         _check(self.ego_speed is None or (_finite(self.ego_speed) and 0.0 <= self.ego_speed <= 45.0),
                "ego_speed", self.ego_speed, "must be None or in [0, 45] m/s")
+        _check(self.ego_track is None or isinstance(self.ego_track, EgoTrack), "ego_track",
+               type(self.ego_track).__name__, "must be None or an EgoTrack")
         _check(_finite(self.traffic_range) and 40.0 <= self.traffic_range <= 400.0, "traffic_range",
                self.traffic_range, "must be in [40, 400] metres")
         _check(_finite(self.sim_hz) and 5.0 <= self.sim_hz <= 200.0, "sim_hz", self.sim_hz,

@@ -2,7 +2,9 @@
 
 The road is described by its curvature kappa(s) over arc length s, sampled every metre and
 generated segment by segment from one seeded stream, so the same seed always gives the
-same road however far one drives. Heading and position are integrated from kappa
+same road however far one drives. With a commanded ego the road ahead is laid out from the
+ego's command instead (``plan``: ``ego_control.CurvaturePlan``), straight up to the ego's
+start, and its zones are still drawn from the seed. Heading and position are integrated from kappa
 (theta' = kappa, x' = cos theta, y' = sin theta). A point on the road is addressed in
 Frenet coordinates (s along the centreline, d to the left of it).
 """
@@ -10,12 +12,22 @@ Frenet coordinates (s along the centreline, d to the left of it).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
 STEP = 1.0          # metres between centreline samples
 _TRANSITION = 40.0  # clothoid ramp length between straight and curve (m)
 ZONES: tuple[str, ...] = ("rural", "suburban", "urban")
+_PLANNED_PIECE = 250  # samples of planned road added at a time (a commanded ego)
+
+
+class CurvatureSource(Protocol):
+    """Where a commanded ego's road comes from (``ego_control.CurvaturePlan``)."""
+
+    start: float
+
+    def curvature(self, s_from: float, count: int) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -60,9 +72,11 @@ class LaneLayout:
 class Road:
     """Centreline sampled every ``STEP`` metres, extended lazily as far as asked."""
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, plan: CurvatureSource | None = None) -> None:
         self._rng = np.random.default_rng([seed, 0x520AD])
+        self._plan = plan  # a commanded ego lays out the road ahead (ego_control.CurvaturePlan)
         self._kappa: list[np.ndarray] = []
+        self._kappa_all = np.zeros(0)  # the samples' curvature, concatenated (local_frame)
         self._zones: list[tuple[float, int]] = []  # (start s, zone index)
         self._length = 0.0
         self._x = np.zeros(1)
@@ -83,6 +97,7 @@ class Road:
         while self._length < s + 1.0:
             self._add_segment()
         kappa = np.concatenate(self._kappa)
+        self._kappa_all = kappa
         theta = np.concatenate([[0.0], np.cumsum(kappa) * STEP])
         # midpoint rule for the position integral keeps curves closed-form accurate
         mid = 0.5 * (theta[1:] + theta[:-1])
@@ -93,6 +108,9 @@ class Road:
         self._zone_ids = np.array([z[1] for z in self._zones], dtype=np.int64)
 
     def _add_segment(self) -> None:
+        if self._plan is not None:
+            self._add_planned()
+            return
         rng = self._rng
         straight = int(rng.integers(60, 260))
         radius = float(rng.uniform(140.0, 600.0)) * (1.0 if rng.random() < 0.5 else -1.0)
@@ -103,6 +121,29 @@ class Road:
         self._zones.append((self._length, zone))
         self._kappa.extend([np.zeros(straight), curve])
         self._length += (straight + len(curve)) * STEP
+
+    def _add_planned(self) -> None:
+        """Road laid out by a curvature plan: straight up to the plan's start, then planned
+        curvature in pieces of ``_PLANNED_PIECE`` metres, each in a zone drawn from the seed."""
+        if self._length == 0.0:
+            n = max(int(round(self._plan.start / STEP)), 1)
+            self._kappa.append(np.zeros(n))
+        else:
+            n = _PLANNED_PIECE
+            self._kappa.append(self._plan.curvature(self._length, n))
+        self._zones.append((self._length, int(self._rng.integers(0, len(ZONES)))))
+        self._length += n * STEP
+
+    def local_frame(self, s: float) -> tuple[float, float, float]:
+        """At arc length ``s``: the centreline heading, the heading of the sample's chord (the
+        direction ``pose`` moves along) and the curvature d(heading)/ds, as ``pose`` sees them."""
+        if s > self._length - 2.0:
+            self.extend_to(s + 200.0)
+        pos = max(s, 0.0) / STEP
+        i = min(int(pos), len(self._x) - 2)
+        f = pos - i
+        th0, th1 = self._theta[i], self._theta[i + 1]
+        return float(th0 + f * (th1 - th0)), float(0.5 * (th0 + th1)), float(self._kappa_all[i])
 
     def pose(self, s: np.ndarray | float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(x, y, heading) of the centreline at arc length ``s`` (linear interpolation)."""

@@ -19,6 +19,7 @@ from drivesim.utils.io import DriveSimInputError
 from .actors import Snapshot, Traffic
 from .camera import cam_from_ego, intrinsics
 from .config import WorldConfig
+from .ego_control import CurvaturePlan, EgoController, ego_motion
 from .labelling import label_scene
 from .render import Renderer
 from .road import LaneLayout, Road
@@ -41,6 +42,8 @@ class WorldFrame:
     cam_from_ego: np.ndarray    # float64 [4, 4]
     time: float                 # seconds since the start of the drive
     index: int                  # frame number, from 0
+    ego_speed: float = 0.0      # m/s over the ground (exact: the derivative of ego_pose)
+    ego_yaw_rate: float = 0.0   # rad/s, left positive (exact)
 
 
 class DrivingWorld:
@@ -52,10 +55,15 @@ class DrivingWorld:
                                      value=type(cfg).__name__)
         self.cfg = cfg
         self.layout = LaneLayout(cfg.lanes_forward, cfg.lanes_oncoming, cfg.lane_width)
-        self.road = Road(cfg.seed)
-        self.scenery = Scenery(cfg.seed, self.road, self.layout)
         self.traffic = Traffic(cfg.seed, cfg.num_vehicles, self.layout, cfg.ego_speed,
                                cfg.num_pedestrians, cfg.traffic_range)
+        track = cfg.ego_track
+        plan = None if track is None else CurvaturePlan(track, float(self.traffic.s[0]),
+                                                        float(self.traffic.d[0]), 1.0 / cfg.sim_hz)
+        self.road = Road(cfg.seed, plan=plan)
+        self.scenery = Scenery(cfg.seed, self.road, self.layout)
+        if track is not None:
+            self.traffic.command_ego(EgoController(track, self.road))
         self.K = intrinsics(cfg.height, cfg.width, cfg.hfov_deg)
         self.cam_from_ego = cam_from_ego(cfg.camera_height, cfg.camera_pitch_deg, cfg.camera_forward)
         self.index = 0
@@ -75,10 +83,18 @@ class DrivingWorld:
             if self._renderer is None:
                 self._renderer = Renderer(cfg, self.K, self.cam_from_ego, self.road, self.layout)
             rgb = self._renderer.render(scene, k)
+        speed, yaw_rate = self.ego_motion_at(k)
         self.index += 1
         return WorldFrame(rgb, labels.boxes, labels.classes, labels.track_ids, labels.visibility,
                           labels.boxes3d, scene.world_from_ego.copy(), self.K.copy(),
-                          self.cam_from_ego.copy(), k / cfg.fps, k)
+                          self.cam_from_ego.copy(), k / cfg.fps, k, speed, yaw_rate)
+
+    def ego_motion_at(self, k: int) -> tuple[float, float]:
+        """Exact speed (m/s) and yaw rate (rad/s) of the ego at frame ``k``: the derivative of its
+        pose over the tick interval the frame lies in (the one starting at it, on a tick)."""
+        a, alpha = self._tick_of(k)
+        self._advance_to(a + 1)
+        return ego_motion(self._snaps[a], self._snaps[a + 1], alpha, self.road, 1.0 / self.cfg.sim_hz)
 
     def skip(self, frames: int) -> None:
         """Advance ``frames`` frames without building their scenes or labels: the world ends where
