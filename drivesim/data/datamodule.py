@@ -38,6 +38,7 @@ from drivesim.data.datasets import (
     SyntheticDataset,
     collate_batch,
 )
+from drivesim.data.rates import InterleavedDataset, InterleavedStream
 from drivesim.data.world.config import DEFAULT_TRAFFIC_RANGE
 
 
@@ -87,7 +88,9 @@ class DriveDataModule(LightningDataModule):
         source: ``synthetic`` | ``clips`` | ``latents``.
         root: dataset folder (``clips``/``latents``).
         frames: window length T (1 = single-frame image mode).
-        fps: frame rate of the windows (clips are resampled to it; ``None`` keeps theirs).
+        fps: frame rate of the windows (clips are resampled to it; ``None`` keeps theirs); a
+            list of rates takes windows at each rate in turn (``data/rates.py``: the
+            interpolation model's two regimes in one stage).
         height, width: training size (``synthetic`` renders at it; clips are resized/cropped).
         max_boxes: boxes per frame N (padded / truncated by area).
         batch_size, num_workers: DataLoader settings (per rank).
@@ -108,7 +111,7 @@ class DriveDataModule(LightningDataModule):
     """
 
     def __init__(self, source: Literal["synthetic", "clips", "latents"] = "synthetic", root: str | None = None,
-                 frames: int = 8, fps: float | None = 10.0, height: int = 128, width: int = 256,
+                 frames: int = 8, fps: float | list[float] | None = 10.0, height: int = 128, width: int = 256,
                  max_boxes: int = 16, batch_size: int = 4, num_workers: int = 0, samples_per_epoch: int = 1000,
                  val_samples: int = 64, seed: int = 0, night_fraction: float = 0.5, min_vehicles: int = 0,
                  max_vehicles: int = 12, weathers: tuple[str, ...] = ("clear",), lenient: bool = False,
@@ -138,10 +141,21 @@ class DriveDataModule(LightningDataModule):
             return torch.distributed.get_rank(), torch.distributed.get_world_size()
         return 0, 1
 
-    def _synthetic(self, samples: int, seed: int, resample: bool) -> SyntheticDataset:
+    def _rates(self) -> list[float | None]:
+        fps = self.hparams.fps
+        return list(fps) if isinstance(fps, (list, tuple)) else [fps]
+
+    def _synthetic(self, samples: int, seed: int, resample: bool) -> SyntheticDataset | InterleavedStream:
+        rates = self._rates()
+        if len(rates) > 1:  # one stream per rate, each with its share of the samples and its own drives
+            return InterleavedStream([self._synthetic_at(fps, samples // len(rates), seed + 7919 * k, resample)
+                                      for k, fps in enumerate(rates)])
+        return self._synthetic_at(rates[0], samples, seed, resample)
+
+    def _synthetic_at(self, fps: float, samples: int, seed: int, resample: bool) -> SyntheticDataset:
         h = self.hparams
         rank, world = self._rank_world()
-        return SyntheticDataset(frames=h.frames, fps=h.fps, height=h.height, width=h.width,
+        return SyntheticDataset(frames=h.frames, fps=fps, height=h.height, width=h.width,
                                 max_boxes=h.max_boxes, samples=samples, seed=seed,
                                 night_fraction=h.night_fraction, min_vehicles=h.min_vehicles,
                                 max_vehicles=h.max_vehicles, weathers=tuple(h.weathers), rank=rank,
@@ -149,14 +163,20 @@ class DriveDataModule(LightningDataModule):
                                 ego_program_fraction=h.ego_program_fraction)
 
     def _from_folder(self, split: str) -> Dataset:
+        rates = self._rates()
+        if len(rates) > 1:
+            return InterleavedDataset([self._from_folder_at(split, fps) for fps in rates])
+        return self._from_folder_at(split, rates[0])
+
+    def _from_folder_at(self, split: str, fps: float | None) -> Dataset:
         h = self.hparams
         stride = h.val_stride if split == h.val_split and h.val_stride is not None else h.stride
         if h.source == "clips":
-            return ClipDataset(h.root, split=split, frames=h.frames, fps=h.fps, height=h.height, width=h.width,
+            return ClipDataset(h.root, split=split, frames=h.frames, fps=fps, height=h.height, width=h.width,
                                max_boxes=h.max_boxes, stride=stride, lenient=h.lenient,
                                cache_mb=h.frame_cache_mb)
         latents = importlib.import_module("drivesim.data.latents")  # optional: latents source only
-        return latents.LatentClipDataset(h.root, split=split, frames=h.frames, fps=h.fps, max_boxes=h.max_boxes,
+        return latents.LatentClipDataset(h.root, split=split, frames=h.frames, fps=fps, max_boxes=h.max_boxes,
                                          seed=h.seed, stride=stride)
 
     def setup(self, stage: str | None = None) -> None:
@@ -190,7 +210,7 @@ class DriveDataModule(LightningDataModule):
         if self.train_set is None:
             self.setup("fit")
         trainer = self.trainer
-        if isinstance(self.train_set, SyntheticDataset) and trainer is not None:
+        if isinstance(self.train_set, (SyntheticDataset, InterleavedStream)) and trainer is not None:
             # a resumed run starts at the checkpoint's epoch, not at 0
             self.train_set.epoch = trainer.current_epoch
         return self._loader(self.train_set, train=True)
