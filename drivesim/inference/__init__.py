@@ -10,14 +10,15 @@ public Python API on top.
 """
 
 from drivesim.inference.loading import (
-           LDM_KIND,
-           ROLES,
-           ModelRecord,
-           diffusion_record,
-           load_model,
-           unet_role,
+    LDM_KIND,
+    ROLES,
+    ModelRecord,
+    diffusion_record,
+    load_model,
+    unet_role,
+    upsampler_record,
 )
 from drivesim.inference.sampling import guidance_scales, sample
 
 __all__ = ["LDM_KIND", "ROLES", "ModelRecord", "diffusion_record", "guidance_scales", "load_model", "sample",
-           "unet_role"]
+           "unet_role", "upsampler_record"]

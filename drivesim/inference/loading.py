@@ -148,17 +148,21 @@ def _build_unet(path: Path, hparams: dict[str, Any], state: dict[str, torch.Tens
     return ModelRecord(unet.eval(), role or unet_role(config), path, hparams, schedule, prediction)
 
 
-def _build_upsampler(path: Path, hparams: dict[str, Any], state: dict[str, torch.Tensor]) -> ModelRecord:
-    from drivesim.models.upsampler import build_upsampler
-
-    network = build_upsampler(hparams, state, path)
+def upsampler_record(network: nn.Module, hparams: dict[str, Any], path: Path | None = None) -> ModelRecord:
+    """A record for a video upsampler and its file's hyper-parameters (in memory or loaded)."""
     try:
         schedule = DiscreteVPSchedule(**hparams.get("schedule", {}))
         prediction = check_prediction(hparams.get("prediction", "v"))
     except (TypeError, ValueError) as err:
         raise DriveSimInputError(f"schedule / prediction not accepted: {err}", path=path,
                                  field="hparams.schedule") from err
-    return ModelRecord(network.eval(), "upsampler", path, hparams, schedule, prediction)
+    return ModelRecord(network, "upsampler", path, dict(hparams), schedule, prediction)
+
+
+def _build_upsampler(path: Path, hparams: dict[str, Any], state: dict[str, torch.Tensor]) -> ModelRecord:
+    from drivesim.models.upsampler import build_upsampler
+
+    return upsampler_record(build_upsampler(hparams, state, path).eval(), hparams, path)
 
 
 def load_model(path: str | Path, role: str | None = None, *, device: torch.device | str = "cpu",

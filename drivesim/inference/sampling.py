@@ -6,8 +6,8 @@ samplers, the probes and the benchmarks — so guidance, context re-imposition, 
 table and the noise draw exist once.
 
 Guidance (``drivesim.diffusion.guidance``): ``scales`` maps ``context`` / ``labels`` /
-``boxes`` to a number or a per-frame tensor ``[T]``; a condition left out is kept in every
-branch (scale 1 = the plain conditional model, one forward pass).
+``boxes`` / ``ego`` to a number or a per-frame tensor ``[T]``; a condition left out is kept in
+every branch (scale 1 = the plain conditional model, one forward pass).
 Context (Video LDM §3.1.1): ``cond.context`` ``[B, T', C, h, w]`` with ``cond.context_mask``
 ``[B, T']`` (T' <= T) is the clean c_S; it is re-imposed at every step, so the sample
 reproduces it exactly.
@@ -25,17 +25,30 @@ from drivesim.models.conditioning import Conditioning
 
 
 def guidance_scales(cond: Conditioning, *, context: Scale = 1.0, labels: float = 1.0,
-                    boxes: float = 1.0) -> dict[str, Scale]:
+                    boxes: float = 1.0, ego: Scale = 1.0) -> dict[str, Scale]:
     """The ``scales`` dict for :func:`sample`: conditions at scale 1 (or absent) are left out,
-    so they cost no extra forward pass."""
+    so they cost no extra forward pass. ``context`` and ``ego`` may be per-frame tensors ``[T]``."""
     scales: dict[str, Scale] = {}
-    if cond.context is not None and (isinstance(context, torch.Tensor) or context != 1.0):
+    if cond.context is not None and _guided(context):
         scales["context"] = context
     if labels != 1.0:
         scales["labels"] = float(labels)
     if boxes != 1.0 and cond.boxes is not None:
         scales["boxes"] = float(boxes)
+    if _has_ego(cond) and _guided(ego):
+        scales["ego"] = ego if isinstance(ego, torch.Tensor) else float(ego)
     return scales
+
+
+def _has_ego(cond: Conditioning) -> bool:
+    """Whether any frame carries known ego motion (all unknown: the ego branch would equal the
+    conditional one)."""
+    return cond.ego_speed is not None and (cond.ego_known is None or bool(cond.ego_known.any()))
+
+
+def _guided(scale: Scale) -> bool:
+    """A scale that needs its own guidance branch: a per-frame tensor, or a number other than 1."""
+    return isinstance(scale, torch.Tensor) or scale != 1.0
 
 
 def _padded_context(cond: Conditioning, shape: tuple[int, ...], device: torch.device

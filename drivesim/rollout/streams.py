@@ -2,10 +2,9 @@
 
 - :class:`StreamingDecoder`: latents -> frames through the temporal decoder in overlapping
   windows (equal to decoding the whole video at once).
-- :class:`StreamingUpsampler`: low-resolution frames -> high-resolution frames through the
-  video upsampler in chunks of ``chunk`` frames; each chunk after the first is conditioned on
-  the previous chunk's last ``context`` output frames (re-imposed, as the prediction model's
-  context), so chunk borders do not flicker.
+- :class:`StreamingUpsampler` (``drivesim.inference.upsampling``): low-resolution frames ->
+  high-resolution frames through the video upsampler in chunks; each chunk after the first is
+  conditioned on the previous chunk's last output frames, so chunk borders do not flicker.
 
 Both hold at most one window of frames, so memory does not grow with the length of a drive,
 and both expose their buffers for the resume state.
@@ -17,9 +16,10 @@ from collections.abc import Callable
 
 import torch
 
+from drivesim.inference.upsampling import StreamingUpsampler, Upsample
+
 Decode = Callable[[torch.Tensor], torch.Tensor]
-# upsample(low [B, S + n, 3, h, w], hi_context [B, S, 3, H, W] | None, generator) -> [B, S + n, 3, H, W]
-Upsample = Callable[[torch.Tensor, torch.Tensor | None, torch.Generator], torch.Tensor]
+__all__ = ["Decode", "StreamingDecoder", "StreamingUpsampler", "Upsample"]
 
 
 class StreamingDecoder:
@@ -51,52 +51,3 @@ class StreamingDecoder:
 
     def flush(self) -> torch.Tensor | None:
         return self._emit(self.pending.shape[1])
-
-
-class StreamingUpsampler:
-    """Upsample frames in chunks of ``chunk`` as they arrive.
-
-    The first chunk has no context and emits ``chunk`` frames; every later one re-uses the
-    last ``context`` output frames (and their low-resolution inputs) and emits
-    ``chunk - context`` new ones. ``pending`` holds low-resolution frames not yet upsampled.
-    """
-
-    def __init__(self, upsample: Upsample, chunk: int, context: int, low_context: torch.Tensor,
-                 hi_context: torch.Tensor, pending: torch.Tensor) -> None:
-        if not 0 <= context < chunk:
-            raise ValueError(f"upsampler context {context} must be in [0, chunk={chunk})")
-        self.upsample, self.chunk, self.context = upsample, int(chunk), int(context)
-        self.low_context, self.hi_context, self.pending = low_context, hi_context, pending
-
-    @classmethod
-    def empty(cls, upsample: Upsample, chunk: int, context: int, like: torch.Tensor) -> StreamingUpsampler:
-        none = like[:, :0]  # [B, 0, 3, h, w]
-        return cls(upsample, chunk, context, none, None, none)
-
-    def _step(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        s = 0 if self.hi_context is None else self.hi_context.shape[1]
-        low = torch.cat([self.low_context, self.pending[:, :n]], dim=1)  # [B, s + n, 3, h, w]
-        hi = self.upsample(low, self.hi_context, generator)              # [B, s + n, 3, H, W]
-        if hi.shape[:2] != low.shape[:2]:
-            raise ValueError(f"upsample returned {tuple(hi.shape)} for {tuple(low.shape)} inputs")
-        keep = min(self.context, hi.shape[1])
-        self.low_context, self.hi_context = low[:, low.shape[1] - keep:], hi[:, hi.shape[1] - keep:]
-        self.pending = self.pending[:, n:]
-        return hi[:, s:]
-
-    def push(self, frames: torch.Tensor, generator: torch.Generator) -> torch.Tensor | None:
-        self.pending = torch.cat([self.pending, frames], dim=1)
-        out = []
-        while True:
-            new = self.chunk - (0 if self.hi_context is None else self.hi_context.shape[1])
-            if self.pending.shape[1] < new:
-                break
-            out.append(self._step(new, generator))
-        return torch.cat(out, dim=1) if out else None
-
-    def flush(self, generator: torch.Generator) -> torch.Tensor | None:
-        return self._step(self.pending.shape[1], generator) if self.pending.shape[1] else None
-
-    def buffers(self) -> dict[str, torch.Tensor | None]:
-        """What the resume state keeps: the pending low-res frames and the context pair."""
-        return {"pending": self.pending, "low_context": self.low_context, "hi_context": self.hi_context}
