@@ -16,7 +16,7 @@ activations + workspace, with glibc's mmap threshold fixed so that RSS follows l
 
 ``--quality A.safetensors [B.safetensors ...]`` instead scores trained model files on held-out
 synthetic clips (a seed stream disjoint from training and validation): PSNR (mean over
-frames), SSIM and the flicker metric, for the issue's measured targets; ``--latent-noise s``
+frames), SSIM and the flicker metric (docs/benchmarks.md); ``--latent-noise s``
 decodes perturbed latents (the posterior mean plus ``s * std_c`` independent noise per frame);
 ``--image-only`` decodes with the temporal layers off, which separates what a temporal stage's
 temporal blocks do from what its fine-tuned spatial decoder does.
@@ -168,7 +168,7 @@ def quality(paths: list[str], args: argparse.Namespace) -> None:
 
     from drivesim.data.datasets import SyntheticDataset
     from drivesim.models.autoencoder import load_autoencoder
-    from drivesim.training.autoencoder_module import flicker, flicker_split
+    from drivesim.models.autoencoder_losses import flicker, flicker_split
 
     torch.set_num_threads(args.threads)
     h, w = (int(v) for v in args.size.split("x"))

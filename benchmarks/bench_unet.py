@@ -7,8 +7,14 @@ forward + backward of a squared-error loss. Printed: time per sample, peak memor
 step, the ratio diffusers / ours, and achieved GFLOP/s (FLOPs counted with
 torch.utils.flop_counter) against a measured fp32 matmul peak of this machine.
 
+With ``--compile MODE`` the timing process also builds a ``torch.compile``d copy of each
+network (``drivesim.models.compile.compile_network``, same weights) and steps all four in
+turn: ours compiled, ours eager, diffusers eager, diffusers compiled. Times are then medians
+of the interleaved steps, ratios the median of the per-step ratios, and the compile time is
+the first compiled step (which compiles forward and backward) less a steady step.
+
 Usage: python benchmarks/bench_unet.py [--configs tiny mid] [--device cpu|cuda]
-       [--threads 1] [--iters 5] [--channels-last]
+       [--threads 1] [--iters 5] [--channels-last] [--compile default]
 """
 
 from __future__ import annotations
@@ -20,12 +26,15 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from bench_memory import MEMORY_ENV, peak_rss_mib, reset_peak_rss, rss_mib
+
+from drivesim.models.compile import COMPILE_MODES, compile_network
 
 CONFIGS: dict[str, dict] = {
     # tiny: the CPU demo (64x128 frames -> 8x16x4 latents)
@@ -174,45 +183,67 @@ def matmul_peak_gflops(device: torch.device, n: int = 2048, reps: int = 8) -> fl
     return 2 * n**3 / best / 1e9
 
 
+def _timed_step(model: torch.nn.Module, step: Step, device: torch.device) -> float:
+    model.train()
+    model.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    step().backward()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
 def time_alternating(runs: dict[str, tuple[torch.nn.Module, Step]], device: torch.device,
-                     iters: int, warmup: int = 2) -> dict[str, float]:
-    """Fastest fwd+bwd seconds of each model, stepping the models in turn within one process
-    so that load from other processes on a shared machine hits all of them alike."""
-    best = {name: float("inf") for name in runs}
-    best["matmul_gflops"] = 0.0
+                     iters: int, warmup: int = 2) -> dict:
+    """fwd+bwd seconds of every model for each of ``iters`` steps, stepping the models in turn
+    within one process so that load from other processes on a shared machine hits all of them
+    alike; ``first``: each model's first step (a compiled model compiles in it)."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    first: dict[str, float] = {}
+    peak = 0.0
     for i in range(warmup + iters):
         # the matmul peak is sampled between the steps too, under the same background load
-        best["matmul_gflops"] = max(best["matmul_gflops"], matmul_peak_gflops(device, reps=1))
+        peak = max(peak, matmul_peak_gflops(device, reps=1))
         for name, (model, step) in runs.items():
-            model.train()
-            model.zero_grad(set_to_none=True)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            step().backward()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+            seconds = _timed_step(model, step, device)
+            first.setdefault(name, seconds)
             if i >= warmup:
-                best[name] = min(best[name], time.perf_counter() - start)
-    return best
+                times[name].append(seconds)
+    return {"times": times, "first": first, "matmul_gflops": peak}
+
+
+def build_runs(builders: dict, cfg: dict, args: argparse.Namespace, names: list[str]
+               ) -> dict[str, tuple[torch.nn.Module, Step]]:
+    """(model, step) per implementation; with ``--compile`` a compiled copy of each (built
+    from the same seed: the same weights), ordered ours-compiled, ours, diffusers,
+    diffusers-compiled."""
+    device, runs = torch.device(args.device), {}
+    for name in names:
+        copies = [name] + ([f"{name}-compiled"] if args.compile else [])
+        for label in (copies[::-1] if name == "ours" else copies):
+            model, step = builders[name](cfg, device, args.channels_last)
+            if args.channels_last:
+                model = model.to(memory_format=torch.channels_last)
+            if label.endswith("-compiled"):
+                compile_network(model, args.compile, device=device)
+            runs[label] = (model, step)
+    return runs
 
 
 def worker(builders: dict, configs: dict, args: argparse.Namespace) -> int:
-    """--worker timing: both models, alternating; --worker NAME: one model's memory/FLOPs."""
+    """--worker timing: all models, alternating; --worker NAME: one model's memory/FLOPs."""
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device, cfg = torch.device(args.device), configs[args.config]
-    names = list(builders) if args.worker == "timing" else [args.worker]
-    runs = {}
-    for name in names:
-        model, step = builders[name](cfg, device, args.channels_last)
+    if args.worker == "timing":
+        result = time_alternating(build_runs(builders, cfg, args, list(builders)), device, args.iters)
+    else:
+        model, step = builders[args.worker](cfg, device, args.channels_last)
         if args.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        runs[name] = (model, step)
-    if args.worker == "timing":
-        result = time_alternating(runs, device, args.iters)
-    else:
-        result = measure(*runs[args.worker], device, args.iters) | {"batch": cfg["batch"]}
+        result = measure(model, step, device, args.iters) | {"batch": cfg["batch"]}
     print(json.dumps(result))
     return 0
 
@@ -224,46 +255,84 @@ def run_impl(script: Path, impl: str, config: str, args: argparse.Namespace,
            "--device", args.device, "--threads", str(args.threads), "--iters", str(iters)]
     if args.channels_last:
         cmd.append("--channels-last")
+    if args.compile and not memory:
+        cmd += ["--compile", args.compile]
     env = {**os.environ, **MEMORY_ENV} if memory else dict(os.environ)  # see benchmarks/bench_memory.py
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
+    with tempfile.TemporaryDirectory(prefix="inductor-") as cache:
+        if args.compile:  # an empty compile cache per process: the compile time is a cold start's
+            env["TORCHINDUCTOR_CACHE_DIR"] = cache
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
 def measure_impls(script: Path, name: str, args: argparse.Namespace) -> dict[str, dict]:
-    """Memory / FLOPs from one run per implementation, time from ``rounds`` fresh processes
-    that alternate the two implementations step by step (fastest step kept)."""
+    """Memory / FLOPs from one run per eager implementation (a compiled copy does the same
+    FLOPs), step times from ``rounds`` fresh processes that alternate all implementations
+    step by step; ``seconds`` is the fastest step, or the median with ``--compile``."""
     rows = {impl: run_impl(script, impl, name, args, memory=True) for impl in ("ours", "diffusers")}
-    for impl in rows:
-        rows[impl]["seconds"] = float("inf")
+    times: dict[str, list[float]] = {}
+    first: dict[str, list[float]] = {}
     for _ in range(args.rounds):
         timing = run_impl(script, "timing", name, args)
+        for impl, values in timing["times"].items():
+            times.setdefault(impl, []).extend(values)
+            first.setdefault(impl, []).append(timing["first"][impl])
         for impl in rows:
-            rows[impl]["seconds"] = min(rows[impl]["seconds"], timing[impl])
             rows[impl]["peak_gflops"] = max(rows[impl].get("peak_gflops", 0.0),
                                             timing["matmul_gflops"])
-    return rows
+    for impl in times:
+        base = rows[impl.removesuffix("-compiled")]
+        rows[impl] = base | rows.get(impl, {}) | {"times": times[impl]}
+        if impl.endswith("-compiled"):  # measured only on eager models
+            rows[impl].update(peak_mib=float("nan"), saved_mib=float("nan"))
+        stat = statistics.median if args.compile else min
+        rows[impl]["seconds"] = stat(times[impl])
+        rows[impl]["compile_s"] = statistics.median(first[impl]) - statistics.median(times[impl])
+    return {impl: rows[impl] for impl in times}
+
+
+def step_ratio(rows: dict[str, dict], slow: str, fast: str) -> float:
+    """Median over the interleaved steps of time(slow) / time(fast): > 1 when ``fast`` is faster."""
+    return statistics.median(a / b for a, b in zip(rows[slow]["times"], rows[fast]["times"], strict=True))
+
+
+def print_rows(name: str, rows: dict[str, dict], unit: str) -> None:
+    for impl, r in rows.items():
+        per, peak = r["seconds"] / r["batch"], r["peak_gflops"]
+        gflops = r["flops"] / r["seconds"] / 1e9
+        compile_s = f"{r['compile_s']:8.0f}" if impl.endswith("-compiled") else f"{'-':>8}"
+        print(f"{name:6} {impl:18} {r['params'] / 1e6:7.2f}M {per * 1e3:10.1f} "
+              f"{r['peak_mib']:9.1f} {r['saved_mib'] / r['batch']:9.1f} "
+              f"{r['flops'] / r['batch'] / 1e9:11.2f} {gflops:8.1f} {100 * gflops / peak:5.1f}% {compile_s}")
+
+
+def print_summary(name: str, rows: dict[str, dict], args: argparse.Namespace) -> None:
+    ours, ref = rows["ours"], rows["diffusers"]
+    print(f"{name:6} matmul peak {ours['peak_gflops']:.1f} GFLOP/s; speed-up diffusers/ours "
+          f"{step_ratio(rows, 'diffusers', 'ours') if args.compile else ref['seconds'] / ours['seconds']:.2f}x, "
+          f"peak memory ours/diffusers {ours['peak_mib'] / max(ref['peak_mib'], 1e-9):.2f}x, "
+          f"saved activations ours/diffusers {ours['saved_mib'] / ref['saved_mib']:.2f}x")
+    if args.compile:
+        print(f"{name:6} compiled ({args.compile}), medians of per-step ratios: ours-compiled vs ours "
+              f"{step_ratio(rows, 'ours', 'ours-compiled'):.2f}x, vs diffusers eager "
+              f"{step_ratio(rows, 'diffusers', 'ours-compiled'):.2f}x, vs diffusers compiled "
+              f"{step_ratio(rows, 'diffusers-compiled', 'ours-compiled'):.2f}x; diffusers compiled vs "
+              f"eager {step_ratio(rows, 'diffusers', 'diffusers-compiled'):.2f}x")
 
 
 def report(script: Path, configs: dict, unit: str, args: argparse.Namespace) -> int:
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
-    print(f"device {device}, {args.threads} thread(s); fastest of {args.iters} alternating "
+    stat = "median" if args.compile else "fastest"
+    print(f"device {device}, {args.threads} thread(s); {stat} of {args.iters} alternating "
           f"steps x {args.rounds} processes; %peak against the best fp32 matmul (2048^2) "
-          f"timed between the steps")
-    print(f"{'config':6} {'impl':9} {'params':>8} {'ms/' + unit:>10} {'peak MiB':>9} "
-          f"{'saved MiB/' + unit:>9} {'GFLOP/' + unit:>11} {'GFLOP/s':>8} {'%peak':>6}")
+          f"timed between the steps" + (f"; compile mode {args.compile}" if args.compile else ""))
+    print(f"{'config':6} {'impl':18} {'params':>8} {'ms/' + unit:>10} {'peak MiB':>9} "
+          f"{'saved MiB/' + unit:>9} {'GFLOP/' + unit:>11} {'GFLOP/s':>8} {'%peak':>6} {'compile s':>8}")
     for name in args.configs:
         rows = measure_impls(script, name, args)
-        for impl, r in rows.items():
-            per, peak = r["seconds"] / r["batch"], r["peak_gflops"]
-            gflops = r["flops"] / r["seconds"] / 1e9
-            print(f"{name:6} {impl:9} {r['params'] / 1e6:7.2f}M {per * 1e3:10.1f} "
-                  f"{r['peak_mib']:9.1f} {r['saved_mib'] / r['batch']:9.1f} "
-                  f"{r['flops'] / r['batch'] / 1e9:11.2f} {gflops:8.1f} {100 * gflops / peak:5.1f}%")
-        ours, ref = rows["ours"], rows["diffusers"]
-        print(f"{name:6} matmul peak {peak:.1f} GFLOP/s; speed-up diffusers/ours "
-              f"{ref['seconds'] / ours['seconds']:.2f}x, peak memory ours/diffusers {ours['peak_mib'] / max(ref['peak_mib'], 1e-9):.2f}x, "
-              f"saved activations ours/diffusers {ours['saved_mib'] / ref['saved_mib']:.2f}x")
+        print_rows(name, rows, unit)
+        print_summary(name, rows, args)
     return 0
 
 
@@ -275,6 +344,8 @@ def parse_args(argv: list[str], configs: dict) -> argparse.Namespace:
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--compile", choices=COMPILE_MODES, default=None,
+                   help="also time torch.compile'd copies of both networks in this mode")
     p.add_argument("--worker", choices=("ours", "diffusers", "timing"), help=argparse.SUPPRESS)
     p.add_argument("--config", help=argparse.SUPPRESS)
     return p.parse_args(argv)

@@ -3,6 +3,8 @@ and of its temporal decoder (Video LDM, Blattmann et al. 2023, Sec. 3.1.1 / Fig.
 
 All 2D blocks work on frames folded into the batch: ``[(B T), C, H, W]``. The temporal
 block unfolds time itself and returns the same layout, so it can follow any 2D block.
+Reshapes are torch views (``frames_to_clips`` / ``clips_to_frames``), not einops, which the
+compiler would otherwise re-trace at every call site.
 """
 
 from __future__ import annotations
@@ -11,13 +13,23 @@ import math
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
     """GroupNorm with up to 32 groups (LDM uses 32); fewer when the width is small."""
     return nn.GroupNorm(math.gcd(32, channels), channels, eps=1e-6, affine=True)
+
+
+def frames_to_clips(x: torch.Tensor, frames: int) -> torch.Tensor:
+    """``[(B T), C, H, W] -> [B, C, T, H, W]``, a view."""
+    return x.unflatten(0, (-1, frames)).transpose(1, 2)
+
+
+def clips_to_frames(x: torch.Tensor) -> torch.Tensor:
+    """``[B, C, T, H, W] -> [(B T), C, H, W]``, a view where the strides allow (channels-last
+    frames do), else a copy."""
+    return x.transpose(1, 2).flatten(0, 1)
 
 
 def silu(x: torch.Tensor) -> torch.Tensor:
@@ -74,9 +86,9 @@ class AttnBlock(nn.Module):
         n, c, h, w = x.shape
         q, k, v = self.qkv(self.norm(x)).chunk(3, dim=1)
         # [N, C, H, W] -> [N, 1 head, H*W, C]
-        q, k, v = (rearrange(t, "n c h w -> n 1 (h w) c") for t in (q, k, v))
+        q, k, v = (t.flatten(2).transpose(1, 2)[:, None] for t in (q, k, v))
         out = F.scaled_dot_product_attention(q, k, v)
-        out = rearrange(out, "n 1 (h w) c -> n c h w", h=h, w=w)
+        out = out[:, 0].transpose(1, 2).unflatten(2, (h, w))  # -> [N, C, H, W]
         return x + self.proj_out(out)
 
 
@@ -112,15 +124,14 @@ def conv3d_frames(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
     at once; each other tap ``d = k - k_t // 2`` convolves only the frames whose partner
     ``t + d`` exists, per clip, and adds into the matching output frames. No padding frames are
     built or convolved and no frame is copied: a slice of a clip's frames is a view, contiguous
-    in the channels-last order of inference (``inference_layout``). At 32 ch x 4 x 64 x 128 this
-    runs in 8.8 ms against 13.0 ms for per-tap convs over a time-padded copy (docs/benchmarks.md,
-    session 13). Other devices use Conv3d (cuDNN).
+    in the channels-last order of inference (``inference_layout``); docs/benchmarks.md,
+    "Autoencoder throughput and memory". Other devices use Conv3d (cuDNN).
     """
     if x.device.type != "cpu":
         return conv(x)
     b, t = x.shape[0], x.shape[2]
     kt, r, pad = conv.kernel_size[0], conv.kernel_size[0] // 2, conv.padding[1:]
-    frames = rearrange(x, "b c t h w -> (b t) c h w")                  # a view in channels-last order
+    frames = clips_to_frames(x)                                          # a view in channels-last order
     if not (frames.is_contiguous() or frames.is_contiguous(memory_format=torch.channels_last)):
         frames = frames.contiguous()                                     # one copy, not one per tap
     y = F.conv2d(frames, conv.weight[:, :, r], conv.bias, padding=pad)   # centre tap, [(B T), C', H, W]
@@ -133,7 +144,7 @@ def conv3d_frames(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
             first = i * t
             src = frames[first + max(d, 0):first + t + min(d, 0)]         # inputs s + d that exist
             y[first + max(-d, 0):first + t - max(d, 0)].add_(F.conv2d(src, weight, None, padding=pad))
-    return rearrange(y, "(b t) c h w -> b c t h w", t=t)
+    return frames_to_clips(y, t)
 
 
 class FrameGroupNorm(nn.Module):
@@ -150,8 +161,7 @@ class FrameGroupNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         t = x.shape[2]
-        y = self.norm(rearrange(x, "b c t h w -> (b t) c h w"))
-        return rearrange(y, "(b t) c h w -> b c t h w", t=t)
+        return frames_to_clips(self.norm(clips_to_frames(x)), t)
 
 
 class TemporalConvBlock(nn.Module):
@@ -209,12 +219,15 @@ class TemporalMix(nn.Module):
             return h
         if h.shape[0] % num_frames:
             raise ValueError(f"num_frames: batch {h.shape[0]} is not a multiple of {num_frames}")
-        x = rearrange(h, "(b t) c h w -> b c t h w", t=num_frames)
+        x = frames_to_clips(h, num_frames)
         alpha = self.alpha()
         if not torch.is_grad_enabled():
             # inference: alpha * h + (1 - alpha) * (h + branch) = h + (1 - alpha) * branch, in one pass
-            # into the fresh branch output instead of four passes and three new buffers
-            branch = rearrange(self.block.branch(x), "b c t h w -> (b t) c h w")
+            # into the fresh branch output instead of four passes and three new buffers (compiled: the
+            # same formula without ``out=``, which the compiler fuses and places itself)
+            branch = clips_to_frames(self.block.branch(x))
+            if torch.compiler.is_compiling():
+                return torch.addcmul(h, branch, 1.0 - alpha)
             return torch.addcmul(h, branch, 1.0 - alpha, out=branch)
-        temporal = rearrange(self.block(x), "b c t h w -> (b t) c h w")
+        temporal = clips_to_frames(self.block(x))
         return alpha * h + (1.0 - alpha) * temporal

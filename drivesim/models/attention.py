@@ -12,7 +12,6 @@ import importlib.util
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor, nn
 
 BACKENDS = ("auto", "sdpa", "xformers")
@@ -24,11 +23,16 @@ def xformers_available() -> bool:
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
-    """'auto' -> 'xformers' on CUDA when installed, else 'sdpa'; validates the name."""
+    """'auto' -> 'xformers' on CUDA when installed, else 'sdpa'; validates the name.
+
+    Under ``torch.compile`` 'auto' is 'sdpa': the compiler traces PyTorch's own kernel (flash
+    attention on CUDA) into the graph, where an external op would be opaque to it.
+    """
     if backend not in BACKENDS:
         raise ValueError(f"attention backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        return "xformers" if (_HAS_XFORMERS and device.type == "cuda") else "sdpa"
+        use_xformers = _HAS_XFORMERS and device.type == "cuda" and not torch.compiler.is_compiling()
+        return "xformers" if use_xformers else "sdpa"
     if backend == "xformers" and not _HAS_XFORMERS:
         raise ValueError("attention backend 'xformers' requested but xformers is not installed "
                          "(pip install drivesim[xformers])")
@@ -43,11 +47,11 @@ def attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None,
         import xformers.ops as xops
 
         # xformers wants [B, L, H, d]; an additive bias must be materialised to full shape.
-        qx, kx, vx = (rearrange(a, "b h l d -> b l h d") for a in (q, k, v))
+        qx, kx, vx = (a.transpose(1, 2) for a in (q, k, v))
         if bias is not None:
             bias = bias.to(q.dtype).expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
         out = xops.memory_efficient_attention(qx, kx, vx, attn_bias=bias)
-        return rearrange(out, "b l h d -> b h l d")
+        return out.transpose(1, 2)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
 
 
@@ -80,12 +84,18 @@ class MultiHeadAttention(nn.Module):
         if self.is_cross:
             if context is None:
                 raise ValueError("MultiHeadAttention: cross-attention needs context tokens")
-            q = rearrange(self.to_q(x), "b l (h d) -> b h l d", h=self.heads)
-            k, v = rearrange(self.to_kv(context), "b l (n h d) -> n b h l d", n=2, h=self.heads)
+            q = _split_heads(self.to_q(x), 1, self.heads)[0]
+            k, v = _split_heads(self.to_kv(context), 2, self.heads)
         else:
-            q, k, v = rearrange(self.to_qkv(x), "b l (n h d) -> n b h l d", n=3, h=self.heads)
+            q, k, v = _split_heads(self.to_qkv(x), 3, self.heads)
         out = attention(q, k, v, bias=bias, backend=self.backend)  # [B, H, Lq, d]
-        return self.to_out(rearrange(out, "b h l d -> b l (h d)"))
+        return self.to_out(out.transpose(1, 2).flatten(2))        # [B, Lq, H * d]
+
+
+def _split_heads(x: Tensor, n: int, heads: int) -> Tensor:
+    """[B, L, (n H d)] -> [n, B, H, L, d] (views; torch ops rather than einops, which the
+    compiler would otherwise re-trace at every call site)."""
+    return x.unflatten(-1, (n, heads, -1)).permute(2, 0, 3, 1, 4)
 
 
 def heads_for(channels: int, num_heads: int = -1, num_head_channels: int = -1) -> tuple[int, int]:

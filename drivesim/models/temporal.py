@@ -2,10 +2,11 @@
 
 After every spatial layer l_theta^i a temporal layer l_phi^i is inserted and the two are
 blended: z' = alpha * z_spatial + (1 - alpha) * l_phi(z_spatial), alpha = sigmoid(param)
-(paper eq. 3 / Fig. 4; DESIGN §4 convention). Residual blocks get a residual 3D-conv block
-with kernel (3,1,1); spatial transformers get temporal attention over the T frames at each
-spatial position, with sinusoidal frame positions. The last layer of every temporal block
-is zero-initialised, so a fresh video UNet equals the image UNet on every frame.
+(paper eq. 3 / Fig. 4; docs/architecture.md, "Temporal blend"). Residual blocks get a
+residual 3D-conv block with kernel (3,1,1); spatial transformers get temporal attention over
+the T frames at each spatial position, with sinusoidal frame positions. The last layer of
+every temporal block is zero-initialised, so a fresh video UNet equals the image UNet on every
+frame.
 
 `VideoResBlock` / `VideoSpatialTransformer` subclass the spatial blocks, so the spatial
 parameter names (and an image UNet's state dict) are unchanged.
@@ -17,7 +18,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange, repeat
 from torch import Tensor, nn
 
 from drivesim.models.attention import MultiHeadAttention
@@ -61,7 +61,7 @@ class AlphaBlender(nn.Module):
         """spatial, temporal [(B T), C, H, W] -> blended [(B T), C, H, W]."""
         alpha = self.alpha(frames)
         if self.mode == "per_frame":
-            alpha = repeat(alpha, "t -> (b t) 1 1 1", b=spatial.shape[0] // frames)
+            alpha = alpha.repeat(spatial.shape[0] // frames)[:, None, None, None]  # [T] -> [(B T), 1, 1, 1]
         alpha = alpha.to(spatial.dtype)
         return alpha * spatial + (1 - alpha) * temporal
 
@@ -90,15 +90,21 @@ class TemporalConvBlock(nn.Module):
     def forward(self, h: Tensor, frames: int, context: Tensor | None = None) -> Tensor:
         """h [(B T), C, H, W], context [(B T), Cc, H, W] | None -> [(B T), C, H, W]."""
         height, width = h.shape[-2:]
-        x = rearrange(h, "(b t) c h w -> b c t (h w)", t=frames)  # GroupNorm stats as in 5-D
+        x = _time_major(h, frames)  # [B, C, T, (H W)]: GroupNorm stats as in 5-D
         y = _conv_t(self.conv1, self.act(self.norm1(x)))
         if self.context_in is not None:
             if context is None:
                 raise ValueError("TemporalConvBlock: built with context but none was given")
-            y = y + _conv_t(self.context_in, rearrange(context, "(b t) c h w -> b c t (h w)",
-                                                        t=frames))
+            y = y + _conv_t(self.context_in, _time_major(context, frames))
         y = _conv_t(self.conv2, self.drop(self.act(self.norm2(y))))
-        return rearrange(x + y, "b c t (h w) -> (b t) c h w", h=height, w=width)
+        # [B, C, T, (H W)] -> [(B T), C, H, W]
+        return (x + y).transpose(1, 2).reshape(-1, h.shape[1], height, width)
+
+
+def _time_major(h: Tensor, frames: int) -> Tensor:
+    """[(B T), C, H, W] -> [B, C, T, (H W)], a view (torch ops rather than einops, which the
+    compiler would otherwise re-trace at every call site)."""
+    return h.unflatten(0, (-1, frames)).transpose(1, 2).flatten(3)
 
 
 def _conv_t(conv: nn.Conv3d, x: Tensor) -> Tensor:
@@ -154,8 +160,9 @@ class TemporalAttentionBlock(nn.Module):
     def forward(self, h: Tensor, frames: int) -> Tensor:
         """h [(B T), C, H, W] -> [(B T), C, H, W]."""
         check_frames(frames, self.max_frames, "TemporalAttentionBlock")
-        height, width = h.shape[-2:]
-        x = rearrange(h, "(b t) c h w -> (b h w) t c", t=frames)
+        channels, height, width = h.shape[-3:]
+        # [(B T), C, H, W] -> [(B H W), T, C]
+        x = h.unflatten(0, (-1, frames)).permute(0, 3, 4, 1, 2).reshape(-1, frames, channels)
         y = self.norm(x)
         bias = None
         if self.position == "sinusoidal":
@@ -166,7 +173,8 @@ class TemporalAttentionBlock(nn.Module):
         if self.ff is not None:
             y = y + self.ff(self.norm_ff(y))
         x = x + self.proj_out(y)
-        return rearrange(x, "(b h w) t c -> (b t) c h w", h=height, w=width)
+        # [(B H W), T, C] -> [(B T), C, H, W]
+        return x.unflatten(0, (-1, height, width)).permute(0, 3, 4, 1, 2).reshape(-1, channels, height, width)
 
 
 class VideoResBlock(ResBlock):

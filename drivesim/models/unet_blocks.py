@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor, nn
 
 from drivesim.models.attention import MultiHeadAttention
@@ -127,7 +126,15 @@ class _GEGLU(torch.autograd.Function):
 
 
 def geglu(x: Tensor) -> Tensor:
-    """[..., 2n] -> [..., n]: a * gelu(gate) (Shazeer 2020), memory-lean backward."""
+    """[..., 2n] -> [..., n]: a * gelu(gate) (Shazeer 2020), memory-lean backward.
+
+    Under ``torch.compile`` the plain formula is traced instead: the compiler derives and fuses
+    the backward itself (its partitioner decides what to save and what to recompute), and the
+    hand-written backward's ``out=`` writes into strided halves would break the graph.
+    """
+    if torch.compiler.is_compiling():
+        a, gate = x.chunk(2, dim=-1)
+        return a * F.gelu(gate)
     return _GEGLU.apply(x)
 
 
@@ -190,9 +197,9 @@ class SpatialTransformer(nn.Module):
 
     def forward(self, h: Tensor, state: BlockState) -> Tensor:
         height, width = h.shape[-2:]
-        x = rearrange(self.norm(h), "m c h w -> m (h w) c")  # m = (B T)
+        x = self.norm(h).flatten(2).transpose(1, 2)  # [M, C, H, W] -> [M, (H W), C], M = (B T)
         x = self.proj_in(x)
         for block in self.blocks:
             x = block(x, state.tokens)
-        x = rearrange(self.proj_out(x), "m (h w) c -> m c h w", h=height, w=width)
+        x = self.proj_out(x).transpose(1, 2).unflatten(2, (height, width))  # -> [M, C, H, W]
         return h + x
