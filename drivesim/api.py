@@ -52,7 +52,9 @@ __all__ = ["RolloutConfig", "RolloutFrame", "Simulator"]
 class RolloutFrame:
     """One output frame: ``rgb`` uint8 ``[H, W, 3]``; ``boxes`` float32 ``[n, 4]`` normalised
     x1, y1, x2, y2 with their ``classes`` / ``track_ids`` int64 ``[n]`` (padding removed), the
-    scenario's boxes that conditioned this frame; ``time`` in seconds."""
+    scenario's boxes that conditioned this frame; ``time`` in seconds; ``ego_speed`` (m/s) and
+    ``ego_yaw_rate`` (rad/s, left positive), the scenario's ego motion for this frame (None
+    where the scenario has none)."""
 
     index: int
     time: float
@@ -62,6 +64,8 @@ class RolloutFrame:
     track_ids: np.ndarray
     daynight: str
     crowd: str
+    ego_speed: float | None = None
+    ego_yaw_rate: float | None = None
 
 
 class Simulator:
@@ -151,7 +155,8 @@ class Simulator:
                                               "fps": plan.model_fps, "window": plan.window},
                          scen.describe())
         meta = {"seed": config.seed, "checkpoints": self.model_paths(),
-                "guidance_context": config.guidance_context, "guidance_schedule": config.guidance_schedule}
+                "guidance_context": config.guidance_context, "guidance_schedule": config.guidance_schedule,
+                "guidance_ego": config.guidance_ego}
         job = RolloutJob(plan, scen, None if out is None else Path(out), seed=config.seed, fingerprint=fp,
                          debug_video=config.debug_video, save_every=config.save_every, metadata=meta)
         start = None if resume else self.start_latents(config, scen, plan, spec)
@@ -183,7 +188,7 @@ class Simulator:
     def callables(self, config: RolloutConfig) -> RolloutModels:
         """The engine's model callables: prediction, interpolation passes, decoder, upsampler."""
         kw = dict(sampler=config.sampler, guidance_boxes=config.guidance_boxes,
-                  guidance_labels=config.guidance_labels)
+                  guidance_labels=config.guidance_labels, guidance_ego=config.guidance_ego)
         predictor = PredictionSampler(self.video, config.steps, config.guidance_context,
                                       config.guidance_schedule, **kw)
         passes = [InterpolationSampler(self.interpolation, config.steps, regime=k, **kw)
@@ -260,8 +265,11 @@ class Simulator:
 def _frames(chunk: RolloutChunk, fps: float, daynight: str, crowd: str) -> Iterator[RolloutFrame]:
     for j, rgb in enumerate(chunk.frames):
         keep = chunk.boxes.classes[j] != 0
+        known = chunk.ego is not None and bool(chunk.ego.known[j])
         yield RolloutFrame(chunk.first + j, (chunk.first + j) / fps, rgb, chunk.boxes.boxes[j][keep],
-                           chunk.boxes.classes[j][keep], chunk.boxes.track_ids[j][keep], daynight, crowd)
+                           chunk.boxes.classes[j][keep], chunk.boxes.track_ids[j][keep], daynight, crowd,
+                           float(chunk.ego.speed[j]) if known else None,
+                           float(chunk.ego.yaw_rate[j]) if known else None)
 
 
 def _to_uint8(frames: torch.Tensor) -> np.ndarray:

@@ -2,9 +2,11 @@
 
 Presets (``PRESETS``; docs/rollout.md): ``cruise`` (14 m/s straight ahead), ``stop_and_go``
 (12 m/s, brake at 2.5 m/s² to a stop, wait 4 s, accelerate at 1.5 m/s², again), ``curve``
-(14 m/s, a 93 m radius left curve then a right one, with 3 s ramps), ``winding`` (10 m/s,
+(14 m/s, a 93 m radius left curve then a right one, with 3 s ramps), ``stop_and_go_curve``
+(12 m/s: an 80 m radius left curve, a stop as in ``stop_and_go``, a right curve, another
+stop; speed and yaw rate change at different times), ``winding`` (10 m/s,
 alternating 50 m radius curves), ``brake`` (16 m/s, then a 3 m/s² stop for good) and
-``accelerate`` (standing, then 2 m/s² to 20 m/s). The first four repeat; the last two hold.
+``accelerate`` (standing, then 2 m/s² to 20 m/s). The first five repeat; the last two hold.
 
 :func:`random_track` draws a program of cruising, stops, speed changes and curves from a
 ``numpy.random.Generator`` (the synthetic datasets' varied drives).
@@ -73,6 +75,14 @@ def _curve() -> EgoTrack:
     return k.track("curve", cycle=True)
 
 
+def _stop_and_go_curve() -> EgoTrack:
+    k = _Knots(12.0).hold(4.0)
+    for sign in (1.0, -1.0):
+        k.yaw_to(sign * 0.15, 3.0).hold(4.0).yaw_to(0.0, 3.0).hold(2.0)
+        k.speed_to(0.0, 2.5).hold(4.0).speed_to(12.0, 1.5).hold(2.0)
+    return k.track("stop_and_go_curve", cycle=True)
+
+
 def _winding() -> EgoTrack:
     k = _Knots(10.0).hold(2.0)
     for sign in (1.0, -1.0):
@@ -88,7 +98,8 @@ def _accelerate() -> EgoTrack:
     return _Knots(0.0).hold(2.0).speed_to(20.0, 2.0).hold(1.0).track("accelerate", cycle=False)
 
 
-PRESETS = {"cruise": _cruise, "stop_and_go": _stop_and_go, "curve": _curve, "winding": _winding,
+PRESETS = {"cruise": _cruise, "stop_and_go": _stop_and_go, "curve": _curve,
+           "stop_and_go_curve": _stop_and_go_curve, "winding": _winding,
            "brake": _brake, "accelerate": _accelerate}
 
 

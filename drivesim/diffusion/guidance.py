@@ -2,11 +2,12 @@
 
 Nested composition (Ho & Salimans 2022 generalised; Video LDM's context guidance, and the
 compositional form of Brooks et al. 2023 / InstructPix2Pix). With the guided conditions
-taken in ``order`` c_1, ..., c_K (default context, labels, boxes) and D_k the prediction
-with c_1..c_k kept and c_{k+1}..c_K dropped:
+taken in ``order`` c_1, ..., c_K (default context, labels, boxes, ego motion) and D_k the
+prediction with c_1..c_k kept and c_{k+1}..c_K dropped:
 
     D = D_0 + sum_k s_k (D_k - D_{k-1})
       = D(∅) + s_ctx (D(ctx) - D(∅)) + s_lab (D(ctx,lab) - D(ctx)) + s_box (D(ctx,lab,box) - D(ctx,lab))
+             + s_ego (D(ctx,lab,box,ego) - D(ctx,lab,box))
 
 Why nested rather than independent differences against D(∅): each difference isolates what
 one condition adds given the earlier ones, so all scales = 1 is exactly the fully
@@ -26,7 +27,7 @@ import torch
 
 from drivesim.diffusion.parameterization import DenoiseFn
 
-CONDITIONS = ("context", "labels", "boxes")
+CONDITIONS = ("context", "labels", "boxes", "ego")
 Scale = float | torch.Tensor
 # model_call(x_t [B,T,C,h,w], t [B], cond) -> x0_hat [B,T,C,h,w] (e.g. a Denoiser)
 ModelCall = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
@@ -35,7 +36,7 @@ ModelCall = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
 def guidance_variants(cond: Any, guided: Sequence[str]) -> list[Any]:
     """[cond with guided[:k] kept and guided[k:] dropped for k = 0..K].
 
-    ``cond`` is a ``Conditioning`` (anything with ``with_dropped(boxes=, labels=, context=)``).
+    ``cond`` is a ``Conditioning`` (anything with ``with_dropped(boxes=, labels=, context=, ego=)``).
     """
     device = next((v.device for v in vars(cond).values() if isinstance(v, torch.Tensor)), None)
     everyone = torch.ones(cond.batch_size, dtype=torch.bool, device=device)  # drop for all samples

@@ -1,9 +1,10 @@
 """Conditioning of the latent diffusion UNet: the `Conditioning` record and its encoders.
 
-* `Conditioning` carries everything a denoiser is conditioned on (boxes, labels, context
-  frames) plus the per-sample drop flags used for classifier-free guidance.
+* `Conditioning` carries everything a denoiser is conditioned on (boxes, labels, per-frame
+  ego motion, context frames) plus the per-sample drop flags used for classifier-free guidance.
 * `LabelEncoder`: day/night and crowdedness -> learned embeddings, added to the timestep
-  embedding and offered as one cross-attention token (DESIGN §1 stage 2; issue 4).
+  embedding and offered as one cross-attention token (docs/architecture.md, "Box and label
+  conditioning").
 * `BoxEncoder`: per-box tokens from Fourier features of the 4 normalised coordinates and a
   learned class embedding -> MLP, fused across the boxes of a frame by a small transformer
   (Video LDM, Blattmann et al. 2023, box-conditioned image model), learned null tokens for
@@ -19,14 +20,16 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange, repeat
 from torch import Tensor, nn
 
 from drivesim.data.labels import DAYNIGHT_NAMES, NUM_CLASSES, NUM_CROWD, PAD_CLASS
 
 NUM_DAYNIGHT = len(DAYNIGHT_NAMES)
 _TENSOR_FIELDS = ("boxes", "box_classes", "box_ids", "daynight", "crowd", "context",
-                  "context_mask", "drop_boxes", "drop_labels", "regime")
+                  "context_mask", "drop_boxes", "drop_labels", "regime", "lowres",
+                  "ego_speed", "ego_yaw_rate", "ego_known", "drop_ego")
+_DROP_FLAGS = ("drop_boxes", "drop_labels", "drop_ego")
+EGO_KEYS = ("ego_speed", "ego_yaw_rate", "ego_known")  # batch keys (docs/architecture.md, batch contract)
 
 
 def _check_range(name: str, value: Tensor, low: int, high: int) -> None:
@@ -43,7 +46,11 @@ class Conditioning:
     boxes [B,T,N,4] float (x1,y1,x2,y2 in [0,1]), box_classes [B,T,N] int64 (0 = padding),
     box_ids [B,T,N] int64 track ids, daynight [B] int64 in 0..2, crowd [B] int64 in 0..3,
     context [B,T',C,h,w] clean latents of context frames (T' <= T) with context_mask
-    [B,T'] (1 = frame given), regime [B] int64 interpolation regime, drop_boxes / drop_labels
+    [B,T'] (1 = frame given), regime [B] int64 interpolation regime (the video upsampler: its
+    noise-augmentation level), lowres [B,T,C,H,W] the upsampler's low-resolution frames, already
+    upsampled to the output size and noise-augmented (never dropped), ego_speed / ego_yaw_rate
+    [B,T] float (m/s; rad/s, left positive) with ego_known [B,T] bool (None = all known; an
+    unknown frame gets the learned null ego embedding), drop_boxes / drop_labels / drop_ego
     [B] bool (classifier-free guidance: replace by the learned null embedding). A dropped
     context is an all-zero mask (S = 0, paper's context guidance). Instances are frozen and
     helpers return copies; tensors are never modified in place.
@@ -59,6 +66,11 @@ class Conditioning:
     drop_boxes: Tensor | None = None
     drop_labels: Tensor | None = None
     regime: Tensor | None = None
+    lowres: Tensor | None = None
+    ego_speed: Tensor | None = None
+    ego_yaw_rate: Tensor | None = None
+    ego_known: Tensor | None = None
+    drop_ego: Tensor | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -66,9 +78,12 @@ class Conditioning:
     # -- construction -------------------------------------------------------------------
     @classmethod
     def from_batch(cls, batch: dict[str, Any], **extra: Tensor | None) -> Conditioning:
-        """Build from a DataModule batch (DESIGN §3 keys); missing keys stay None."""
-        keys = ("boxes", "box_classes", "box_ids", "daynight", "crowd")
+        """Build from a DataModule batch (the batch contract's keys, docs/architecture.md);
+        missing keys stay None."""
+        keys = ("boxes", "box_classes", "box_ids", "daynight", "crowd", *EGO_KEYS)
         kwargs = {k: batch.get(k) for k in keys}
+        if batch.get("boxes_known") is not None:  # unlabelled samples (data/mixed.py): the null box token
+            kwargs["drop_boxes"] = ~batch["boxes_known"].bool()
         kwargs.update(extra)
         return cls(**kwargs)
 
@@ -94,7 +109,7 @@ class Conditioning:
                     raise ValueError(f"Conditioning.{name}: expected int64 [B], got "
                                      f"{value.dtype} {tuple(value.shape)}")
                 _check_range(name, value, 0, count)
-        for name in ("drop_boxes", "drop_labels"):
+        for name in _DROP_FLAGS:
             value = getattr(self, name)
             if value is not None and (value.dim() != 1 or value.dtype != torch.bool):
                 raise ValueError(f"Conditioning.{name}: expected bool [B], got "
@@ -108,6 +123,31 @@ class Conditioning:
                 raise ValueError(f"Conditioning.context_mask: expected shape "
                                  f"{tuple(self.context.shape[:2])} (context [B,T]), got "
                                  f"{None if mask is None else tuple(mask.shape)}")
+        if self.lowres is not None and (self.lowres.dim() != 5 or not self.lowres.is_floating_point()):
+            raise ValueError(f"Conditioning.lowres: expected float [B,T,C,H,W], got "
+                             f"{self.lowres.dtype} {tuple(self.lowres.shape)}")
+        if any(getattr(self, name) is not None for name in EGO_KEYS):
+            self._validate_ego()
+
+    def _validate_ego(self) -> None:
+        speed, yaw, known = self.ego_speed, self.ego_yaw_rate, self.ego_known
+        if speed is None or yaw is None:
+            raise ValueError("Conditioning.ego_speed / ego_yaw_rate: give both or neither, got "
+                             f"ego_speed {'set' if speed is not None else None}, ego_yaw_rate "
+                             f"{'set' if yaw is not None else None}")
+        for name, value in (("ego_speed", speed), ("ego_yaw_rate", yaw)):
+            if value.dim() != 2 or not value.is_floating_point() or value.shape != speed.shape:
+                raise ValueError(f"Conditioning.{name}: expected float [B,T] like ego_speed "
+                                 f"{tuple(speed.shape)}, got {value.dtype} {tuple(value.shape)}")
+        if known is not None and (known.dtype != torch.bool or known.shape != speed.shape):
+            raise ValueError(f"Conditioning.ego_known: expected bool {tuple(speed.shape)}, got "
+                             f"{known.dtype} {tuple(known.shape)}")
+        given = torch.ones_like(speed, dtype=torch.bool) if known is None else known
+        for name, value in (("ego_speed", speed), ("ego_yaw_rate", yaw)):
+            bad = given & ~torch.isfinite(value)
+            if bool(bad.any()):
+                raise ValueError(f"Conditioning.{name}: non-finite value {value[bad][:4].tolist()} "
+                                 f"at (sample, frame) {bad.nonzero()[0].tolist()}")
 
     def _validate_boxes(self) -> None:
         boxes = self.boxes
@@ -152,7 +192,7 @@ class Conditioning:
             if all(v is None for v in values):
                 out[f.name] = None
                 continue
-            if f.name in ("drop_boxes", "drop_labels"):
+            if f.name in _DROP_FLAGS:
                 values = [_flags(c, f.name) for c in items]
             if any(v is None for v in values):
                 raise ValueError(f"Conditioning.cat: field '{f.name}' is set in some items only")
@@ -160,7 +200,7 @@ class Conditioning:
         return Conditioning(**out)
 
     def with_dropped(self, boxes: bool | Tensor | None = None, labels: bool | Tensor | None = None,
-                     context: bool | Tensor | None = None) -> Conditioning:
+                     context: bool | Tensor | None = None, ego: bool | Tensor | None = None) -> Conditioning:
         """A copy with the given conditions dropped (True = all samples, or a [B] bool mask).
 
         Drops accumulate with the flags already set. A dropped context zeroes its mask.
@@ -169,7 +209,7 @@ class Conditioning:
         if b is None:
             raise ValueError("Conditioning.with_dropped: conditioning holds no tensors")
         changes: dict[str, Tensor] = {}
-        for name, request in (("drop_boxes", boxes), ("drop_labels", labels)):
+        for name, request in (("drop_boxes", boxes), ("drop_labels", labels), ("drop_ego", ego)):
             if request is not None:
                 flags = _flags(self, name)
                 changes[name] = flags | _as_mask(request, b, name).to(flags.device)
@@ -221,13 +261,13 @@ def box_layout(cond: Conditioning | None, batch: int, frames: int, height: int, 
         return zeros
     if cond.boxes.shape[1] != frames:
         raise ValueError(f"Conditioning.boxes: {cond.boxes.shape[1]} frames, latents have {frames}")
-    boxes = rearrange(cond.boxes.to(device=device, dtype=dtype), "b t n c -> (b t) n c")
-    classes = rearrange(cond.box_classes.to(device), "b t n -> (b t) n")
+    boxes = cond.boxes.to(device=device, dtype=dtype).flatten(0, 1)  # [(B T), N, 4]
+    classes = cond.box_classes.to(device).flatten(0, 1)               # [(B T), N]
     cover = torch.einsum("mnh,mnw->mnhw", _cell_overlap(boxes[..., 1], boxes[..., 3], height),
                          _cell_overlap(boxes[..., 0], boxes[..., 2], width))  # [M, N, h, w]
     onehot = F.one_hot(classes, NUM_CLASSES)[..., PAD_CLASS + 1:].to(dtype)   # [M, N, C]
     layout = torch.einsum("mnc,mnhw->mchw", onehot, cover).clamp(max=1.0)
-    keep = ~repeat(_flags(cond, "drop_boxes").to(device), "b -> (b t)", t=frames)
+    keep = ~_flags(cond, "drop_boxes").to(device).repeat_interleave(frames)  # [(B T)]
     return layout * keep[:, None, None, None].to(dtype)
 
 
@@ -235,19 +275,21 @@ def truncate_boxes(boxes: Tensor, classes: Tensor, ids: Tensor | None, max_boxes
                    ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Keep at most ``max_boxes`` per frame, the largest by area (warns when dropping any).
 
-    boxes [M,N,4], classes [M,N], ids [M,N] -> the same with N' = min(N, max_boxes).
+    boxes [M,N,4], classes [M,N], ids [M,N] -> the same with N' = min(N, max_boxes). Under
+    ``torch.compile`` the warning is skipped: counting the real boxes reads a tensor value,
+    which would split the compiled graph.
     """
     n = boxes.shape[1]
     if n <= max_boxes:
         return boxes, classes, ids
     area = (boxes[..., 2] - boxes[..., 0]).clamp(min=0) * (boxes[..., 3] - boxes[..., 1]).clamp(min=0)
     area = torch.where(classes == PAD_CLASS, torch.full_like(area, -1.0), area)
-    real = int((classes != PAD_CLASS).sum(dim=1).max())
+    real = 0 if torch.compiler.is_compiling() else int((classes != PAD_CLASS).sum(dim=1).max())
     if real > max_boxes:
         warnings.warn(f"BoxEncoder: {real} boxes in a frame exceed max_boxes={max_boxes}; "
                       f"keeping the {max_boxes} largest by area", stacklevel=3)
     keep = area.topk(max_boxes, dim=1).indices.sort(dim=1).values  # [M, max_boxes]
-    boxes = torch.gather(boxes, 1, repeat(keep, "m k -> m k c", c=4))
+    boxes = torch.gather(boxes, 1, keep[..., None].expand(-1, -1, 4))  # [M, max_boxes, 4]
     classes = torch.gather(classes, 1, keep)
     ids = None if ids is None else torch.gather(ids, 1, keep)
     return boxes, classes, ids
@@ -256,7 +298,7 @@ def truncate_boxes(boxes: Tensor, classes: Tensor, ids: Tensor | None, max_boxes
 def fourier_features(x: Tensor, num_freqs: int) -> Tensor:
     """[..., D] in [0,1] -> [..., D * (2 * num_freqs + 1)]: x, sin(2^k pi x), cos(2^k pi x)."""
     freqs = (2.0 ** torch.arange(num_freqs, device=x.device, dtype=x.dtype)) * math.pi
-    angles = rearrange(x[..., None] * freqs, "... d f -> ... (d f)")
+    angles = (x[..., None] * freqs).flatten(-2)  # [..., D, F] -> [..., (D F)]
     return torch.cat([x, angles.sin(), angles.cos()], dim=-1)
 
 
@@ -327,17 +369,17 @@ class BoxEncoder(nn.Module):
             drop = torch.ones(batch, dtype=torch.bool, device=device)
             boxes = torch.zeros(batch * frames, self.max_boxes, 4, device=device)
             classes = torch.zeros(batch * frames, self.max_boxes, dtype=torch.long, device=device)
-            return self._encode(boxes, classes, None, repeat(drop, "b -> (b t)", t=frames))
+            return self._encode(boxes, classes, None, drop.repeat_interleave(frames))
         if cond.boxes.shape[1] != frames:
             raise ValueError(f"Conditioning.boxes: {cond.boxes.shape[1]} frames, latents have {frames}")
-        boxes = rearrange(cond.boxes.to(device), "b t n c -> (b t) n c")
-        classes = rearrange(cond.box_classes.to(device), "b t n -> (b t) n")
-        ids = None if cond.box_ids is None else rearrange(cond.box_ids.to(device), "b t n -> (b t) n")
+        boxes = cond.boxes.to(device).flatten(0, 1)          # [B, T, N, 4] -> [(B T), N, 4]
+        classes = cond.box_classes.to(device).flatten(0, 1)  # [B, T, N] -> [(B T), N]
+        ids = None if cond.box_ids is None else cond.box_ids.to(device).flatten(0, 1)
         boxes, classes, ids = truncate_boxes(boxes, classes, ids, self.max_boxes)
         missing = self.max_boxes - boxes.shape[1]  # pad N up to max_boxes with class 0
         boxes, classes = F.pad(boxes, (0, 0, 0, missing)), F.pad(classes, (0, missing))
         ids = None if ids is None else F.pad(ids, (0, missing))
-        drop = repeat(_flags(cond, "drop_boxes").to(device), "b -> (b t)", t=frames)
+        drop = _flags(cond, "drop_boxes").to(device).repeat_interleave(frames)  # [(B T)]
         return self._encode(boxes, classes, ids, drop)
 
     def _encode(self, boxes: Tensor, classes: Tensor, ids: Tensor | None, drop: Tensor) -> Tensor:

@@ -5,7 +5,9 @@ independently (frames folded into the batch). `UNet(temporal=True)` is the video
 Video LDM (Blattmann et al. 2023): every spatial ResBlock is followed by a residual (3,1,1)
 3D-conv block and every spatial transformer by temporal attention, blended by a learned
 alpha; with ``use_context`` the context frames c_S enter the 3D-conv blocks, and with
-``num_regimes`` an interpolation regime label is added to the time embedding.
+``num_regimes`` an interpolation regime label is added to the time embedding. With ``use_ego``
+(image or video) each frame's ego speed and yaw rate are embedded and added to that frame's
+time embedding (``models/ego_embedding.py``).
 
 Contract (docs/architecture.md): forward(x [B,T,C,h,w], t [B] float timesteps in
 [0, num_steps), cond: Conditioning | None) -> [B,T,C,h,w]. The network never sees the
@@ -18,7 +20,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from einops import rearrange, repeat
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
@@ -31,6 +32,7 @@ from drivesim.models.conditioning import (
     box_layout,
 )
 from drivesim.models.context import ContextEncoder, build_context_input, nearest_context
+from drivesim.models.ego_embedding import EgoEncoder
 from drivesim.models.temporal import VideoResBlock, VideoSpatialTransformer, check_frames
 from drivesim.models.unet_blocks import (
     BlockState,
@@ -43,11 +45,13 @@ from drivesim.models.unet_blocks import (
     zero_,
 )
 
-PARAMETER_GROUPS = ("spatial", "temporal", "conditioning", "context")
+PARAMETER_GROUPS = ("spatial", "temporal", "conditioning", "context", "ego")
 
 
 def parameter_group(name: str) -> str:
-    """Group of a parameter / state-dict key: context > temporal > conditioning > spatial."""
+    """Group of a parameter / state-dict key: ego > context > temporal > conditioning > spatial."""
+    if name.startswith("ego_encoder."):
+        return "ego"
     if name.startswith(("context_encoder.", "regime_embed.", "context_input.")) or ".context_in." in name:
         return "context"
     if ".temporal." in name or ".blend." in name:
@@ -70,7 +74,9 @@ class UNet(nn.Module):
     take far longer. Its input weights start at zero. ``context_input`` (beyond the paper,
     like SVD's concatenated conditioning frame) adds a zero-initialised conv of every frame's
     nearest context latent (``context.nearest_context``) to the stem output, next to the
-    paper's pathway into the temporal 3D-conv blocks.
+    paper's pathway into the temporal 3D-conv blocks. ``use_ego`` adds a per-frame ego-motion
+    embedding (speed, yaw rate; ``ego_fourier_freqs`` octaves) to the time embedding, zero at
+    init (``models/ego_embedding.py``); without it ego fields of the conditioning are ignored.
     """
 
     def __init__(self, in_channels: int = 4, out_channels: int = 4, model_channels: int = 64,
@@ -85,7 +91,7 @@ class UNet(nn.Module):
                  temporal_ff: bool = True, image_only: bool = False, use_context: bool = False,
                  context_channels: int = 32, num_regimes: int = 0,
                  attention_backend: str = "auto", box_layout: bool = False,
-                 context_input: bool = False) -> None:
+                 context_input: bool = False, use_ego: bool = False, ego_fourier_freqs: int = 6) -> None:
         super().__init__()
         self.config: dict[str, Any] = {k: (list(v) if isinstance(v, (tuple, list)) else v)
                                        for k, v in locals().items()
@@ -105,6 +111,8 @@ class UNet(nn.Module):
         self.box_encoder = (BoxEncoder(token_dim, max_boxes, box_fourier_freqs, box_fusion_layers,
                                        use_track_ids=use_track_ids) if use_boxes else None)
         self.regime_embed = zero_(nn.Embedding(num_regimes, emb_dim)) if num_regimes else None
+        self.ego_encoder = (EgoEncoder(emb_dim, ego_fourier_freqs, context_channels if use_context else 0)
+                            if use_ego else None)
         self.context_encoder = (ContextEncoder(in_channels, context_channels, len(channel_mult))
                                 if use_context else None)
         self._blocks = dict(emb_dim=emb_dim, dropout=dropout, norm_groups=norm_groups,
@@ -192,8 +200,9 @@ class UNet(nn.Module):
         return model
 
     def load_spatial_state_dict(self, state_dict: dict[str, Tensor]) -> None:
-        """Load an image-model state dict (spatial + conditioning keys), strict on those keys;
-        temporal / context parameters keep their (identity) init."""
+        """Load an image-model state dict (spatial + conditioning keys, and its ego encoder if
+        it has one), strict on those keys; temporal / context parameters (and the ego parameters
+        the image model lacks) keep their (identity) init."""
         video_keys = [k for k in state_dict if parameter_group(k) in ("temporal", "context")]
         if video_keys:
             raise ValueError(f"load_spatial_state_dict: the state dict is a video model "
@@ -201,6 +210,8 @@ class UNet(nn.Module):
                              f"load_state_dict into UNet(temporal=True)")
         own = self.state_dict()
         wanted = {k for k in own if parameter_group(k) in ("spatial", "conditioning")}
+        # an image model's ego encoder comes along (a video model's context head of it starts new)
+        wanted |= {k for k in own if parameter_group(k) == "ego" and k in state_dict}
         missing, unexpected = sorted(wanted - state_dict.keys()), sorted(state_dict.keys() - wanted)
         shapes = [f"{k}: {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}"
                   for k in wanted & state_dict.keys() if state_dict[k].shape != own[k].shape]
@@ -211,7 +222,7 @@ class UNet(nn.Module):
         self.load_state_dict(state_dict, strict=False)
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Partition of all parameters into spatial / temporal / conditioning / context."""
+        """Partition of all parameters into spatial / temporal / conditioning / context / ego."""
         groups: dict[str, list[nn.Parameter]] = {g: [] for g in PARAMETER_GROUPS}
         for name, p in self.named_parameters():
             groups[parameter_group(name)].append(p)
@@ -234,21 +245,24 @@ class UNet(nn.Module):
             check_frames(x.shape[1], self.max_frames, "UNet")
 
     def _embed(self, t: Tensor, cond: Conditioning | None, b: int, frames: int,
-               device: torch.device) -> tuple[Tensor, Tensor | None]:
-        """-> emb [(B T), E] and tokens [(B T), L, D] (label token + box tokens) or None."""
+               device: torch.device, ego_emb: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """-> emb [(B T), E] and tokens [(B T), L, D] (label token + box tokens) or None;
+        ``ego_emb`` [(B T), E] is added per frame."""
         emb = self.time_embed(timestep_embedding(t, self.model_channels))  # [B, E]
         tokens = []
         if self.label_encoder is not None:
             label_emb, label_token = self.label_encoder(cond, b, device)  # [B,E], [B,1,D]
             emb = emb + label_emb
-            tokens.append(repeat(label_token, "b l d -> (b t) l d", t=frames))
+            tokens.append(label_token.repeat_interleave(frames, dim=0))  # [(B T), 1, D]
         if self.regime_embed is not None:
             if cond is None or cond.regime is None:
                 raise ValueError("UNet: this interpolation model needs cond.regime [B]")
             emb = emb + self.regime_embed(cond.regime.to(device))
         if self.box_encoder is not None:
             tokens.append(self.box_encoder(cond, b, frames, device))  # [(B T), 1+N, D]
-        emb = repeat(emb, "b e -> (b t) e", t=frames)
+        emb = emb.repeat_interleave(frames, dim=0)  # [B, E] -> [(B T), E]
+        if ego_emb is not None:  # per frame: frame t's motion into frame t's embedding
+            emb = emb + ego_emb.to(emb.dtype)  # [(B T), E]
         return emb, (torch.cat(tokens, dim=1).to(emb.dtype) if tokens else None)
 
     def _run(self, layer: nn.Module, h: Tensor, state: BlockState) -> Tensor:
@@ -263,7 +277,9 @@ class UNet(nn.Module):
         # backward of the temporal convs in torch 2.13 and is slower elsewhere.
         x = x.contiguous()
         b, frames = x.shape[:2]
-        emb, tokens = self._embed(t, cond, b, frames, x.device)
+        ego_emb, ego_context = (None, None) if self.ego_encoder is None else \
+            self.ego_encoder(cond, b, frames, x.device)  # [(B T), E], [(B T), Cc] | None
+        emb, tokens = self._embed(t, cond, b, frames, x.device, ego_emb)
         state = BlockState(emb=emb, tokens=tokens, frames=frames, image_only=self.image_only)
         has_context = cond is not None and cond.context is not None
         if has_context and self.context_encoder is None:
@@ -272,12 +288,14 @@ class UNet(nn.Module):
         if self.context_encoder is not None and not self.image_only:  # image_only (alpha = 1) ignores context
             c_s = build_context_input(cond, x)                            # [B, T, C+1, h, w]
             state.context = self.context_encoder(c_s)
-        x_in = rearrange(x, "b t c h w -> (b t) c h w")
+            if ego_context is not None:  # each frame's motion at every resolution of the temporal blocks
+                state.context = {hw: f + ego_context[:, :, None, None].to(f.dtype) for hw, f in state.context.items()}
+        x_in = x.flatten(0, 1)  # [B, T, C, h, w] -> [(B T), C, h, w]
         if self.box_layout:  # [(B T), C + LAYOUT_CHANNELS, h, w]: boxes rasterised on the latent grid
             x_in = torch.cat([x_in, box_layout(cond, b, frames, *x.shape[-2:], x.device, x_in.dtype)], dim=1)
         h = self.conv_in(x_in)
         if self.context_input is not None and c_s is not None:
-            h = h + self.context_input(rearrange(nearest_context(c_s), "b t c h w -> (b t) c h w"))
+            h = h + self.context_input(nearest_context(c_s).flatten(0, 1))  # [(B T), C+1, h, w]
         skips = [h]
         for block in self.input_blocks:
             for layer in block:
@@ -289,7 +307,7 @@ class UNet(nn.Module):
             h = torch.cat([h, skips.pop()], dim=1)
             for layer in block:
                 h = self._run(layer, h, state)
-        return rearrange(self.out(h), "(b t) c h w -> b t c h w", b=b)
+        return self.out(h).unflatten(0, (b, frames))  # [(B T), C, h, w] -> [B, T, C, h, w]
 
 
 VideoUNet = UNet  # the video model is UNet(temporal=True); VideoUNet.from_image_unet(...) reads well

@@ -43,6 +43,7 @@ class RolloutConfig:
     guidance_schedule: str = _opt("taper", "per-frame context-guidance schedule", choices=GUIDANCE_SCHEDULES)
     guidance_boxes: float = _opt(1.0, "box guidance scale (1 = none)")
     guidance_labels: float = _opt(1.0, "day/night + crowdedness guidance scale (1 = none)")
+    guidance_ego: float = _opt(1.0, "ego-motion guidance scale (1 = none; models with ego conditioning)")
     seed: int = _opt(0, "noise seed: same seed, same video")
     daynight: str | None = _opt(None, "label for the drive (default: the scenario's)", choices=DAYNIGHT_NAMES)
     crowd: str = _opt("moderate", "synthetic scenario traffic", choices=tuple(SYNTHETIC_VEHICLES))
@@ -75,6 +76,10 @@ class RolloutConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low):
                 raise DriveSimInputError(f"expected an integer >= {low}", field=name, value=value)
+        for name in ("guidance_context", "guidance_boxes", "guidance_labels", "guidance_ego"):
+            value = getattr(self, name)  # 0 = the condition dropped, 1 = plain conditional
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+                raise DriveSimInputError("expected a finite guidance scale >= 0", field=name, value=value)
         for f in fields(self):
             choices = f.metadata.get("choices")
             value = getattr(self, f.name)

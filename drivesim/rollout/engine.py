@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from drivesim.data.ego import EgoSeries
 from drivesim.rollout.chaining import RolloutPlan
 from drivesim.rollout.scenario import Scenario, ScenarioFrames
 from drivesim.rollout.state import RolloutState, load_state, save_state
@@ -49,7 +50,9 @@ class SegmentCondition:
     """Conditioning of one window of ``window`` frames, the first ``num_context`` given.
 
     boxes [B,T,N,4] / box_classes [B,T,N] / box_ids [B,T,N] (``None`` when the scenario has
-    no boxes), daynight [B], crowd [B] int64."""
+    no boxes), daynight [B], crowd [B] int64; the commanded ego motion ego_speed / ego_yaw_rate
+    [B,T] float32 (m/s, rad/s left positive) with ego_known [B,T] bool (``None``: no frame
+    of the window has known motion)."""
 
     boxes: torch.Tensor | None
     box_classes: torch.Tensor | None
@@ -58,6 +61,9 @@ class SegmentCondition:
     crowd: torch.Tensor
     num_context: int
     window: int
+    ego_speed: torch.Tensor | None = None
+    ego_yaw_rate: torch.Tensor | None = None
+    ego_known: torch.Tensor | None = None
 
 
 PredictSegment = Callable[[torch.Tensor, SegmentCondition, torch.Generator], torch.Tensor]
@@ -111,11 +117,13 @@ class RolloutJob:
 @dataclass
 class RolloutChunk:
     """Output frames ``first .. first + n - 1`` as they are decoded: ``frames`` uint8
-    ``[n, H, W, 3]`` and the scenario boxes used for them (``ScenarioFrames``, padded)."""
+    ``[n, H, W, 3]``, the scenario boxes used for them (``ScenarioFrames``, padded) and the
+    commanded ego motion of each frame (``EgoSeries``; unknown where the scenario has none)."""
 
     first: int
     frames: np.ndarray
     boxes: ScenarioFrames
+    ego: EgoSeries | None = None
 
 
 @dataclass
@@ -128,14 +136,25 @@ class RolloutResult:
 
 def segment_condition(scenario: Scenario, key_indices: list[int], model_fps: float,
                       num_context: int) -> SegmentCondition:
-    """Scenario boxes of the given key frames as a B = 1 window condition."""
+    """Scenario boxes and ego motion of the given frames (indices at ``model_fps``) as a B = 1
+    window condition."""
     dn, crowd = torch.tensor([scenario.daynight]), torch.tensor([scenario.crowd])
+    ego = _ego_tensors(scenario.ego_at(key_indices, model_fps))
     if not scenario.has_boxes:
-        return SegmentCondition(None, None, None, dn, crowd, num_context, len(key_indices))
+        return SegmentCondition(None, None, None, dn, crowd, num_context, len(key_indices), **ego)
     f = scenario.frames_at(key_indices, model_fps)
     return SegmentCondition(boxes=torch.from_numpy(f.boxes)[None], box_classes=torch.from_numpy(f.classes)[None],
                             box_ids=torch.from_numpy(f.track_ids)[None], daynight=dn, crowd=crowd,
-                            num_context=num_context, window=len(key_indices))
+                            num_context=num_context, window=len(key_indices), **ego)
+
+
+def _ego_tensors(ego: EgoSeries) -> dict[str, torch.Tensor | None]:
+    """The window's ego fields, ``[1, T]`` each; all None when no frame's motion is known."""
+    if not ego.known.any():
+        return {"ego_speed": None, "ego_yaw_rate": None, "ego_known": None}
+    return {"ego_speed": torch.from_numpy(ego.speed.astype(np.float32))[None],
+            "ego_yaw_rate": torch.from_numpy(ego.yaw_rate.astype(np.float32))[None],
+            "ego_known": torch.from_numpy(ego.known.astype(bool))[None]}
 
 
 class _Loop:
@@ -270,10 +289,11 @@ class _Loop:
             return
         first, n = self.frames_written, frames.shape[1]
         boxes = self.job.scenario.frames_at(range(first, first + n), self.plan.output_fps)
+        ego = self.job.scenario.ego_at(range(first, first + n), self.plan.output_fps)
         rgb = to_uint8(frames[0])  # [n, H, W, 3]
         if self.writer is not None:
-            self.writer.write(self.chunks, rgb, boxes, first)
-        self.made.append(RolloutChunk(first, rgb, boxes))
+            self.writer.write(self.chunks, rgb, boxes, first, ego)
+        self.made.append(RolloutChunk(first, rgb, boxes, ego))
         self.frames_written += n
         self.chunks += 1
 

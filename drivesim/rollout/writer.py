@@ -8,8 +8,9 @@ Encoder settings are fixed (libx264, one thread, no B-frames, fixed CRF), so the
 frames give the same bytes, and a resumed run that re-encodes the missing chunks produces
 a file identical to an uninterrupted run.
 
-The per-frame boxes used for every output frame are stored next to each chunk and written
-into ``clip.json`` at the end, so a rollout folder is a valid clip (``drivesim.clip/1``).
+The per-frame boxes and commanded ego motion used for every output frame are stored next to
+each chunk and written into ``clip.json`` at the end, so a rollout folder is a valid clip
+(``drivesim.clip/1``) whose ``annotations[i].ego`` is the motion frame i was asked to show.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import numpy as np
 from drivesim.data import labels as L
 from drivesim.data.boxes import draw_boxes
 from drivesim.data.clip_format import CLIP_JSON, SCHEMA
+from drivesim.data.ego import EgoSeries
 from drivesim.data.video_io import VideoWriter
 from drivesim.rollout.scenario import Scenario, ScenarioFrames
 from drivesim.utils.io import atomic_path, atomic_write_text
@@ -90,7 +92,7 @@ def concat_chunks(chunks: list[Path], out_path: Path, *, overwrite: bool) -> int
 
 class ChunkWriter:
     """Chunk files under ``<out>/.rollout``: ``chunk_000000.mp4`` (+ ``debug_*.mp4``) and
-    ``boxes_000000.json`` (the scenario frames of each chunk's output frames)."""
+    ``boxes_000000.json`` (the scenario frames and ego motion of each chunk's output frames)."""
 
     def __init__(self, out_dir: str | Path, *, fps: float, debug: bool = False) -> None:
         self.out_dir = Path(out_dir)
@@ -100,15 +102,21 @@ class ChunkWriter:
     def _path(self, kind: str, index: int, ext: str) -> Path:
         return self.work / f"{kind}_{index:06d}.{ext}"
 
-    def write(self, index: int, frames: np.ndarray, boxes: ScenarioFrames, first_frame: int) -> None:
-        """Encode chunk ``index`` holding output frames ``first_frame ..``; boxes first so that
-        a chunk's video exists only when its boxes do."""
-        if len(boxes.boxes) != len(frames):
-            raise ValueError(f"{len(frames)} frames but {len(boxes.boxes)} box frames")
+    def write(self, index: int, frames: np.ndarray, boxes: ScenarioFrames, first_frame: int,
+              ego: EgoSeries | None = None) -> None:
+        """Encode chunk ``index`` holding output frames ``first_frame ..``; boxes (and the
+        commanded ego motion, None = unknown) first so that a chunk's video exists only when its
+        annotations do."""
+        if len(boxes.boxes) != len(frames) or (ego is not None and len(ego) != len(frames)):
+            raise ValueError(f"{len(frames)} frames but {len(boxes.boxes)} box frames and "
+                             f"{None if ego is None else len(ego)} ego frames")
         self.work.mkdir(parents=True, exist_ok=True)
         record = {"first_frame": first_frame, "height": int(frames.shape[1]),
                   "width": int(frames.shape[2]), "boxes": boxes.boxes.round(6).tolist(),
                   "classes": boxes.classes.tolist(), "track_ids": boxes.track_ids.tolist()}
+        if ego is not None:  # the clip format's precision: speed and yaw rate to 4 and 5 decimals
+            record["ego"] = [{"speed": round(float(s), 4), "yaw_rate": round(float(y), 5)} if k else None
+                             for s, y, k in zip(ego.speed, ego.yaw_rate, ego.known)]
         atomic_write_text(self._path("boxes", index, "json"), json.dumps(record) + "\n")
         if self.debug:
             drawn = np.stack([draw_boxes(f, b, c, t) for f, b, c, t in
@@ -155,15 +163,20 @@ def output_exists(out_dir: str | Path) -> bool:
 def _annotation_rows(writer: ChunkWriter, count: int) -> Iterator[str]:
     """One clip-format annotation per output frame, read chunk by chunk (constant memory)."""
     for rec in writer.iter_box_records(count):
-        for boxes, classes, ids in zip(rec["boxes"], rec["classes"], rec["track_ids"]):
+        egos = rec.get("ego") or [None] * len(rec["boxes"])
+        for boxes, classes, ids, ego in zip(rec["boxes"], rec["classes"], rec["track_ids"], egos):
             keep = [i for i, c in enumerate(classes) if c != L.PAD_CLASS]
-            yield json.dumps({"boxes": [boxes[i] for i in keep], "classes": [classes[i] for i in keep],
-                              "track_ids": [ids[i] for i in keep], "visibility": [1.0] * len(keep)})
+            row = {"boxes": [boxes[i] for i in keep], "classes": [classes[i] for i in keep],
+                   "track_ids": [ids[i] for i in keep], "visibility": [1.0] * len(keep)}
+            if ego is not None:
+                row["ego"] = ego
+            yield json.dumps(row)
 
 
 def write_clip_json(out_dir: Path, writer: ChunkWriter, count: int, *, fps: float, num_frames: int,
                     scenario: Scenario, metadata: dict[str, Any]) -> Path:
-    """``clip.json`` (``drivesim.clip/1``) for the rollout: the boxes and labels actually used."""
+    """``clip.json`` (``drivesim.clip/1``) for the rollout: the boxes, ego motion and labels
+    actually used."""
     first = next(writer.iter_box_records(1))
     labels = {"daynight": L.DAYNIGHT_NAMES[scenario.daynight], "crowd": L.CROWD_NAMES[scenario.crowd],
               "source": "rollout", "scenario": scenario.describe(), **metadata}

@@ -49,8 +49,8 @@ from drivesim.utils.io import DriveSimInputError
 
 STAGES = ("image", "video", "interpolation")
 UNET_KIND = LDM_KIND  # the model-file kind drivesim.inference.load_model reads back
-TRAINED_GROUPS = {"image": ("spatial", "conditioning", "temporal", "context"),
-                  "video": ("temporal", "context"), "interpolation": ("temporal", "context")}
+TRAINED_GROUPS = {"image": ("spatial", "conditioning", "temporal", "context", "ego"),
+                  "video": ("temporal", "context", "ego"), "interpolation": ("temporal", "context", "ego")}
 
 
 class LatentDiffusionModule(LightningModule):
@@ -73,8 +73,9 @@ class LatentDiffusionModule(LightningModule):
         prediction: ``v`` (paper) or ``eps``.
         num_train_steps, schedule, beta_start, beta_end: the VP schedule (paper: 1000, LDM
             linear-in-sqrt(beta), 0.0015 -> 0.0195).
-        drop_boxes, drop_labels, drop_context: per-condition dropout for classifier-free
-            guidance (paper: 10%); ``drop_context`` forces S = 0 on top of ``context_probs``.
+        drop_boxes, drop_labels, drop_context, drop_ego: per-condition dropout for classifier-free
+            guidance (paper: 10%); ``drop_context`` forces S = 0 on top of ``context_probs``;
+            ``drop_ego`` replaces a clip's ego motion by the learned null (UNets with ``use_ego``).
         context_probs: P(S = 0), P(S = 1), P(S = 2) context frames (video stage).
         loss_on_context_frames: also regress the (clean-given) context frames.
         regime_fps_split: interpolation windows with fps below it get regime 0
@@ -107,6 +108,7 @@ class LatentDiffusionModule(LightningModule):
                  prediction: str = "v", num_train_steps: int = 1000,
                  schedule: str = "linear", beta_start: float = 0.0015, beta_end: float = 0.0195,
                  drop_boxes: float = 0.1, drop_labels: float = 0.1, drop_context: float = 0.1,
+                 drop_ego: float = 0.1,
                  context_probs: Sequence[float] = (0.34, 0.33, 0.33),
                  loss_on_context_frames: bool = False, regime_fps_split: float = 15.0,
                  lr: float = 1e-4, weight_decay: float = 0.0, betas: Sequence[float] = (0.9, 0.999),
@@ -124,7 +126,8 @@ class LatentDiffusionModule(LightningModule):
             self.hparams.temporal_layers = asdict(as_temporal_layers(temporal_layers))
         check_schedule(warmup_steps, lr_decay_fraction)
         _check_config(stage, prediction, timesteps,
-                      probabilities={"drop_boxes": drop_boxes, "drop_labels": drop_labels, "drop_context": drop_context},
+                      probabilities={"drop_boxes": drop_boxes, "drop_labels": drop_labels, "drop_context": drop_context,
+                                     "drop_ego": drop_ego},
                       non_negative={"box_loss_weight": box_loss_weight},
                       positive={"blend_lr_scale": blend_lr_scale, "timestep_std": timestep_std, "snr_gamma": snr_gamma})
         unet, initialised = stage_unet(stage, unet, temporal_layers, init_from)
@@ -258,6 +261,9 @@ class LatentDiffusionModule(LightningModule):
             drop_boxes = (torch.rand(b, generator=generator) < p_box).to(z.device)
             drop_labels = (torch.rand(b, generator=generator) < p_lab).to(z.device)
             cond = cond.with_dropped(boxes=drop_boxes, labels=drop_labels)
+            if self.unet.ego_encoder is not None:  # drawn last: UNets without ego keep their stream
+                drop_ego = (torch.rand(b, generator=generator) < self.hparams.drop_ego).to(z.device)
+                cond = cond.with_dropped(ego=drop_ego)
         return cond
 
     # -- steps ---------------------------------------------------------------------------
@@ -315,7 +321,7 @@ class LatentDiffusionModule(LightningModule):
         cond = self.batch_conditioning(sub, z, train=False,
                                        generator=torch.Generator().manual_seed(self.hparams.val_seed))
         g = self.hparams.val_guidance
-        scales = guidance_scales(cond, context=g, labels=g, boxes=g)
+        scales = guidance_scales(cond, context=g, labels=g, boxes=g, ego=g)
         latents = self.generate(cond, z.shape[1], tuple(z.shape[-2:]), self.hparams.val_sample_steps,
                                 scales, generator=torch.Generator().manual_seed(self.hparams.val_seed))
         if self.autoencoder is None:
@@ -334,7 +340,7 @@ class LatentDiffusionModule(LightningModule):
         cond = Conditioning.from_batch(batch, context=context, context_mask=batch.get("context_mask"),
                                        regime=batch.get("regime")).to(self.device)
         g = float(batch.get("guidance", self.hparams.val_guidance))
-        scales = guidance_scales(cond, context=g, labels=g, boxes=g)  # g = 1: one conditional pass
+        scales = guidance_scales(cond, context=g, labels=g, boxes=g, ego=g)  # g = 1: one conditional pass
         gen = torch.Generator().manual_seed(int(batch.get("seed", self.hparams.val_seed)) + batch_idx)
         latents = self.generate(cond, frames_t, tuple(self.hparams.latent_size),
                                 int(batch.get("steps", self.hparams.val_sample_steps)), scales,

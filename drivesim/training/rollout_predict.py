@@ -103,7 +103,8 @@ class RolloutPredictModule(LightningModule):
                  image_ckpt: str | None = None, interp_ckpt: str | None = None, run: str | None = None,
                  seconds: float = 120.0, fps: float | None = None, window: int | None = None,
                  steps: int = 20, guidance_context: float = 1.5, guidance_schedule: str = "taper",
-                 guidance_boxes: float = 1.0, guidance_labels: float = 1.0, size: str | None = None,
+                 guidance_boxes: float = 1.0, guidance_labels: float = 1.0, guidance_ego: float = 1.0,
+                 size: str | None = None,
                  start: str = "auto", save_every: int = 2, overwrite: bool = False, resume: bool = False,
                  debug_video: bool = False) -> None:
         super().__init__()
@@ -112,7 +113,8 @@ class RolloutPredictModule(LightningModule):
         self.run_dir = run
         self.config = RolloutConfig(seconds=seconds, fps=fps, window=window, steps=steps,
                                     guidance_context=guidance_context, guidance_schedule=guidance_schedule,
-                                    guidance_boxes=guidance_boxes, guidance_labels=guidance_labels, size=size,
+                                    guidance_boxes=guidance_boxes, guidance_labels=guidance_labels,
+                                    guidance_ego=guidance_ego, size=size,
                                     start=start, save_every=save_every, debug_video=debug_video)
         self.out_root, self.overwrite, self.resume = Path(out_root), overwrite, resume
         self._sim: Simulator | None = None

@@ -27,8 +27,9 @@ AE_TEMPORAL_DEFAULTS = {"temporal_kernel": 3, "temporal_spatial_kernel": 3}
 @dataclass(frozen=True)
 class TemporalLayers:
     """What a video / interpolation stage adds to the image UNet of its ``init_from`` file: the
-    temporal-side UNet settings (``docs/networks.md``). ``use_checkpoint`` (gradient checkpointing)
-    None keeps the image UNet's value."""
+    temporal-side UNet settings (``docs/networks.md``). ``use_ego``: the per-frame ego-motion
+    embedding (speed, yaw rate), trained with the temporal layers. ``use_checkpoint`` (gradient
+    checkpointing) and ``use_ego`` None keep the image UNet's value."""
 
     max_frames: int = 16
     alpha_mode: str = "per_frame"
@@ -38,6 +39,7 @@ class TemporalLayers:
     context_channels: int = 32
     context_input: bool = False
     num_regimes: int = 0
+    use_ego: bool | None = None
     use_checkpoint: bool | None = None
 
     def unet_overrides(self) -> dict[str, Any]:
@@ -88,7 +90,7 @@ def stage_unet(stage: str, unet: UNet | None, temporal_layers: TemporalLayers | 
         return video_unet_from_image_file(init_from, layers or TemporalLayers()), True
     if unet is None:
         raise DriveSimInputError(f"the {stage} stage starts from the image stage's model file: set init_from "
-                                 f"(drivesim train --init FILE)", field="init_from")
+                                 f"(--model.init_args.init_from FILE; drivesim train passes it)", field="init_from")
     if layers is not None:
         check_temporal_layers(unet.config, layers)
     return unet, False
@@ -147,7 +149,7 @@ def stage_autoencoder(stage: str, autoencoder: AutoencoderKL | None, init_from: 
                                  "block", field="autoencoder", value=autoencoder.hparams)
     if not init_from:
         raise DriveSimInputError("the temporal stage starts from an image-stage model file: set init_from "
-                                 "(drivesim train --init FILE)", field="init_from")
+                                 "(--model.init_args.init_from FILE; drivesim train passes it)", field="init_from")
     return autoencoder_from_file(init_from, temporal=kernels)
 
 

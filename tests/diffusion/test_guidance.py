@@ -130,3 +130,32 @@ def sample_context_counts_bad():
     from drivesim.diffusion.masks import sample_context_counts
 
     return sample_context_counts(2, (0.5, 0.6))
+
+
+class EgoModel(CountingModel):
+    """CountingModel plus a per-frame term from the ego speed when it is not dropped."""
+
+    def __call__(self, x, t, cond):
+        out = super().__call__(x, t, cond)
+        keep = ~(cond.drop_ego if cond.drop_ego is not None else torch.zeros(x.shape[0], dtype=torch.bool))
+        return out + (keep[:, None] * cond.ego_speed)[:, :, None, None, None] * (1 + cond.context_mask.sum(1))[
+            :, None, None, None, None]
+
+
+def test_ego_guidance_is_the_last_nested_term_with_per_frame_scales(setup):
+    """D = ... + s_ego (D(ctx,lab,box,ego) - D(ctx,lab,box)); a per-frame scale [T] applies per frame."""
+    cond, x, t = setup
+    cond = Conditioning(**{**vars(cond), "ego_speed": torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]),
+                           "ego_yaw_rate": torch.zeros(B, T)})
+    model = EgoModel()
+    no_ctx = model(x, t, cond.with_dropped(context=True, ego=True))  # labels and boxes are not guided: kept
+    no_ego = model(x, t, cond.with_dropped(ego=True))
+    full = model(x, t, cond)
+    model.calls = 0
+    out = guided_denoiser(model, cond, {"context": 2.0, "ego": 3.0})(x, t)
+    assert model.calls == 1
+    torch.testing.assert_close(out, no_ctx + 2 * (no_ego - no_ctx) + 3 * (full - no_ego))
+    per_frame = torch.tensor([0.0, 1.0, 2.0])
+    out = guided_denoiser(model, cond, {"ego": per_frame})(x, t)
+    torch.testing.assert_close(out, no_ego + per_frame[None, :, None, None, None] * (full - no_ego))
+    torch.testing.assert_close(out[:, 0], no_ego[:, 0])  # scale 0 on frame 0: ego dropped there

@@ -81,3 +81,17 @@ def test_bad_calls(record):
     with pytest.raises(ValueError, match="context_mask"):  # the Conditioning itself refuses a mismatch
         Conditioning(daynight=cond.daynight, crowd=cond.crowd, context=cond.context, context_mask=torch.ones(2, 3))
     assert set(SAMPLERS) == {"ddim", "dpmpp_2m"}
+
+
+def test_ego_scale_needs_known_ego_motion():
+    """The ego branch is requested only when the scale is not 1 (or per frame) and some frame's
+    motion is known: unknown everywhere, the branch would equal the conditional one."""
+    dn = torch.tensor([0, 1])
+    speed, yaw = torch.full((2, 5), 10.0), torch.zeros(2, 5)
+    known = Conditioning(daynight=dn, ego_speed=speed, ego_yaw_rate=yaw)
+    assert guidance_scales(known, ego=2.0) == {"ego": 2.0}
+    assert guidance_scales(known, ego=1.0) == {}
+    assert set(guidance_scales(known, ego=torch.ones(5))) == {"ego"}
+    unknown = Conditioning(daynight=dn, ego_speed=speed, ego_yaw_rate=yaw, ego_known=torch.zeros(2, 5, dtype=torch.bool))
+    assert guidance_scales(unknown, ego=2.0) == {}
+    assert guidance_scales(Conditioning(daynight=dn), ego=2.0) == {}

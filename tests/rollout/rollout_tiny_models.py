@@ -14,7 +14,8 @@ UNET = dict(model_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_
 
 
 def write_tiny_models(root: Path, seed: int = 0) -> dict[str, Path]:
-    """ae (temporal decoder, f=2 -> 16x32 frames from 8x16 latents), video, image model files."""
+    """ae (temporal decoder, f=2 -> 16x32 frames from 8x16 latents), video and interpolation (both
+    with ego-motion conditioning), image model files."""
     torch.manual_seed(seed)
     root.mkdir(parents=True, exist_ok=True)
     ae = AutoencoderKL(base_channels=8, ch_mult=(1, 2), num_res_blocks=1, temporal_decoder=True)
@@ -23,8 +24,9 @@ def write_tiny_models(root: Path, seed: int = 0) -> dict[str, Path]:
              "interp": root / "interp.pt"}
     save_model_file(paths["ae"], "autoencoder", ae.hparams, ae.state_dict(), overwrite=True)
     schedule = {"num_steps": 1000}
-    video = UNet(**UNET, temporal=True, use_context=True)
-    # temporal layers are zero-initialised; perturb them so the video model uses its context
+    video = UNet(**UNET, temporal=True, use_context=True, use_ego=True)
+    # temporal layers (and the ego embedding) are zero-initialised; perturb them so the video
+    # model uses its context and the ego motion
     with torch.no_grad():
         for p in video.parameters():
             p.add_(0.02 * torch.randn_like(p))
@@ -34,7 +36,7 @@ def write_tiny_models(root: Path, seed: int = 0) -> dict[str, Path]:
     image = UNet(**UNET)
     save_model_file(paths["image"], "ldm", {"unet": image.config, "schedule": schedule,
                                             "prediction": "v"}, image.state_dict(), overwrite=True)
-    interp = UNet(**UNET, temporal=True, use_context=True, num_regimes=2)
+    interp = UNet(**UNET, temporal=True, use_context=True, num_regimes=2, use_ego=True)
     save_model_file(paths["interp"], "ldm", {"unet": interp.config, "schedule": schedule,
                                              "prediction": "v"}, interp.state_dict(), overwrite=True)
     return paths
