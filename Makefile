@@ -1,5 +1,5 @@
 # drivesim — every target is a thin wrapper around the `drivesim` CLI.
-# `make help` lists the targets. Variables can be overridden: `make train STAGE=image_ldm SIZE=base DATA=/data/clips`.
+# `make help` lists the targets. Variables can be overridden: `make train DATA=/data/videos SIZE=base TRAINER=ddp RUN=mine`.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -11,14 +11,18 @@ EXTRAS ?= dev,nuscenes
 NUSCENES_DEVKIT ?= nuscenes-devkit==1.2.0
 STAMP := $(VENV)/.drivesim-installed
 RUNS ?= runs
-DATA ?= $(RUNS)/data/synth
-STAGE ?= autoencoder
 SIZE ?= tiny
 FORCE ?= 0
 SECONDS ?= 120
 STEPS ?= 5
+# make train: DATA (required), RUN (default <data name>-<size>), STAGE, TRAINER, INIT, MINUTES, ARGS (extra fit args);
+# make rollout RUN=name: ROLLOUT_ARGS (extra rollout flags, e.g. --interp-passes 0 --no-upsample)
+STAGE ?=
+TRAINER ?=
+INIT ?=
+MINUTES ?=
 
-.PHONY: help install test test-slow lint data train rollout eval demo bench clean
+.PHONY: help install test test-slow lint data train rollout eval demo gpu-check bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -40,20 +44,28 @@ test: install lint ## lint + the default test suite (CI runs exactly this)
 test-slow: install ## the slow tests only
 	$(PY) -m pytest -q -m slow
 
-data: install ## export a small synthetic dataset to $(DATA)
-	$(DS) data synth --out $(DATA) --clips 32 --seconds 12 --fps 10 --size 64x128 --seed 0 --val-fraction 0.25 --skip-existing
+data: install ## export a small synthetic dataset to DATA (default runs/data/synth)
+	$(DS) data synth --out $(or $(DATA),$(RUNS)/data/synth) --clips 32 --seconds 12 --fps 10 --size 64x128 --seed 0 --val-fraction 0.25 --skip-existing
 
-train: install ## one stage: STAGE=autoencoder|temporal_decoder|image_ldm|video_ldm|interpolation SIZE=tiny|base DATA=dir [AE=file INIT=file]
-	$(DS) train --stage $(STAGE) --size $(SIZE) --data $(DATA) --out $(RUNS)/$(STAGE)-$(SIZE) $(if $(AE),--ae $(AE)) $(if $(INIT),--init $(INIT))
+train: install ## the whole stack: DATA=dir|synthetic [SIZE=tiny|base TRAINER=cpu|ddp|fsdp|FILE RUN=name STAGE=x INIT=run MINUTES=M FORCE=1]
+	@test -n "$(DATA)" || { echo "make train: DATA= is required: a clip folder, a folder of videos, a nuScenes dataroot, or synthetic"; exit 2; }
+	$(DS) train --data $(DATA) --size $(SIZE) --runs $(RUNS) $(if $(RUN),--run $(RUNS)/$(RUN)) $(if $(TRAINER),--trainer $(TRAINER)) $(if $(INIT),--init $(INIT)) $(foreach s,$(STAGE),--stage $(s)) $(if $(MINUTES),--minutes $(MINUTES)) $(if $(filter 1,$(FORCE)),--force) $(if $(ARGS),-- $(ARGS))
 
-rollout: install ## 2-minute day and night rollouts with the demo models
+rollout: install ## RUN=name: a drive with the run's models into runs/rollouts/NAME; no RUN: the demo's day and night rollouts
+ifdef RUN
+	$(DS) rollout --run $(RUNS)/$(RUN) --out $(RUNS)/rollouts/$(RUN) --seconds $(SECONDS) --steps $(STEPS) --overwrite $$($(PY) -m drivesim.tools.run_info $(RUNS)/$(RUN)) $(ROLLOUT_ARGS)
+else
 	$(DS) rollout --preset demo --runs $(RUNS) --seconds $(SECONDS) --steps $(STEPS) --crowd crowded --traffic-range 60 --guidance-boxes 2 --workers 0 --overwrite --debug-video
+endif
 
 eval: install ## score the demo rollouts against the held-out synthetic clips (oracle metrics)
 	$(DS) eval --real $(RUNS)/demo/data --real-split val --fake $(RUNS)/rollouts/demo --fps 2 --metrics oracle --out $(RUNS)/demo/eval/report.json --overwrite
 
 demo: install ## data -> autoencoder -> temporal decoder -> latents -> image LDM -> video LDM -> rollouts -> eval
 	$(DS) demo --runs $(RUNS) $(if $(filter 1,$(FORCE)),--force,)
+
+gpu-check: install ## every stage's base config for a few steps on CUDA with the ddp trainer: throughput and memory
+	$(DS) gpu-check --size $(or $(filter-out tiny,$(SIZE)),base) --trainer $(or $(TRAINER),ddp)
 
 bench: install ## performance scripts (ratios against reference implementations)
 	$(PY) benchmarks/run_all.py

@@ -35,7 +35,8 @@ LIGHTNING_COMMANDS = {
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("drivesim.tools.train", "train one stage with the packaged configs (make train)"),
+    "train": ("drivesim.tools.train", "train the whole stack on a DATA into a run folder (make train)"),
+    "gpu-check": ("drivesim.tools.gpu_check", "every stage's base config for a few steps on CUDA (make gpu-check)"),
     "demo": ("drivesim.tools.demo", "the whole tiny stack on the synthetic world (make demo)"),
     "sample": ("drivesim.tools.sample", "generate frames for given boxes/labels from an image LDM"),
     "rollout": ("drivesim.rollout.cli", "long scenario-driven rollouts streamed to mp4"),
@@ -46,6 +47,7 @@ DATA_COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("drivesim.data.export", "export the synthetic driving world to the clip format"),
     "check": ("drivesim.data.check", "validate a clip dataset and report bad clips"),
     "encode": ("drivesim.tools.encode", "encode a clip dataset into latent shards"),
+    "prepare": ("drivesim.tools.prepare", "any training DATA (clips, videos, nuScenes) -> a run's clip folders"),
     "nuscenes": ("data_prep.nuscenes_to_clips", "nuScenes (devkit) -> clip format"),
     "nuscenes-fixture": ("data_prep.synthetic_to_nuscenes", "synthetic world -> nuScenes-format tables"),
     "bdd100k": ("data_prep.bdd100k_to_clips", "BDD100K MOT labels + videos -> clip format"),

@@ -3,7 +3,14 @@ from pathlib import Path
 
 import pytest
 
-from drivesim.tools.pipeline import Stage, StageFailed, is_done, run_pipeline
+from drivesim.tools.pipeline import (
+    Stage,
+    StageConflict,
+    StageFailed,
+    is_done,
+    run_pipeline,
+    stage_status,
+)
 
 
 def _touch_stage(name: str, out: Path, counter: Path) -> Stage:
@@ -74,26 +81,65 @@ def test_stage_without_its_output_fails(tmp_path):
         run_pipeline([stage], tmp_path / "stamps")
 
 
-def test_train_command_assembles_fit_argv_and_names_bad_inputs(tmp_path):
-    from drivesim.tools.train import build_fit_argv
-    from drivesim.utils.io import DriveSimInputError
+def _ckpt_stage(name: str, work: Path, out: Path, *, fail: bool = False, argv_extra: tuple = ()) -> Stage:
+    """A training stand-in: resumes from ``work/last.ckpt`` when it exists (as ``--ckpt_path last``
+    does), records where it started in ``work/log``, writes ``last.ckpt`` then ``out`` (or fails
+    right after the checkpoint, like a killed run)."""
+    code = (f"import os; from pathlib import Path; w = Path({str(work)!r}); w.mkdir(parents=True, exist_ok=True); "
+            f"c = w / 'last.ckpt'; step = int(c.read_text()) if c.exists() else 0; "
+            f"open(w / 'log', 'a').write(f'start {{step}}\\n'); c.write_text(str(step + 5)); "
+            f"os.environ.get('STAGE_FAILS') and exit(9); Path({str(out)!r}).write_text(c.read_text())")
+    return Stage(name=name, title=name, argv=["-c", code, *argv_extra], outputs=[out], program=[sys.executable],
+                 workdir=work, env={"STAGE_FAILS": "1" if fail else ""})
 
-    data = tmp_path / "latents"
-    data.mkdir()
-    ae = tmp_path / "ae.safetensors"
-    ae.write_bytes(b"x")
-    argv = build_fit_argv("image_ldm", "tiny", str(data), tmp_path / "out", ae=str(ae))
-    assert argv[:3] == ["fit", "--config", "configs/image_ldm/tiny.yaml"]
-    assert argv[argv.index("--data.init_args.source") + 1] == "latents"
-    assert argv[argv.index("--model.init_args.autoencoder_path") + 1] == str(ae)
-    with pytest.raises(DriveSimInputError, match="--stage.*'imgae_ldm'"):
-        build_fit_argv("imgae_ldm", "tiny", str(data), tmp_path)
-    with pytest.raises(DriveSimInputError, match="--ae"):
-        build_fit_argv("image_ldm", "tiny", str(data), tmp_path)
-    with pytest.raises(DriveSimInputError, match="--init"):
-        build_fit_argv("video_ldm", "tiny", str(data), tmp_path, ae=str(ae))
-    with pytest.raises(DriveSimInputError, match="no huge config"):
-        build_fit_argv("image_ldm", "huge", str(data), tmp_path, ae=str(ae))
-    with pytest.raises(DriveSimInputError, match="missing.safetensors.*--init"):
-        build_fit_argv("video_ldm", "tiny", str(data), tmp_path, ae=str(ae),
-                       init=str(tmp_path / "missing.safetensors"))
+
+def test_a_stopped_stage_resumes_from_its_checkpoint_with_the_same_settings(tmp_path):
+    stamps, work, out = tmp_path / ".stamps", tmp_path / "stage", tmp_path / "stage" / "model"
+    with pytest.raises(StageFailed):
+        run_pipeline([_ckpt_stage("s", work, out, fail=True)], stamps)
+    result = run_pipeline([_ckpt_stage("s", work, out)], stamps)[0]
+    assert result.resumed and (work / "log").read_text() == "start 0\nstart 5\n"  # continued at step 5
+    assert out.read_text() == "10"
+
+
+def test_a_stopped_stage_with_other_settings_starts_afresh_and_keeps_the_old_files(tmp_path):
+    stamps, work, out = tmp_path / ".stamps", tmp_path / "stage", tmp_path / "stage" / "model"
+    with pytest.raises(StageFailed):
+        run_pipeline([_ckpt_stage("s", work, out, fail=True)], stamps)
+    result = run_pipeline([_ckpt_stage("s", work, out, argv_extra=("--lr", "2"))], stamps)[0]
+    assert not result.resumed and (work / "log").read_text() == "start 0\n"  # not the old checkpoint
+    archived = tmp_path / ".previous" / "s-1"
+    assert (archived / "last.ckpt").read_text() == "5"  # moved aside, not deleted
+
+
+def test_a_changed_input_makes_a_finished_stage_stale(tmp_path):
+    stamps, model = tmp_path / ".stamps", tmp_path / "upstream.bin"
+    model.write_bytes(b"v1")
+    stage = _touch_stage("b", tmp_path / "b.txt", tmp_path / "count")
+    stage.inputs = [model]
+    run_pipeline([stage], stamps)
+    assert stage_status(stage, stamps) == "done"
+    model.write_bytes(b"v2-retrained")
+    assert stage_status(stage, stamps) == "stale"
+    assert not run_pipeline([stage], stamps)[0].skipped  # stale stages run again, even under "refuse"
+    assert (tmp_path / "count").read_text() == "2"
+
+
+def test_refuse_names_the_changed_flag_or_config_before_anything_runs(tmp_path):
+    stamps, config = tmp_path / ".stamps", tmp_path / "stage.yaml"
+    config.write_text("lr: 1\n")
+    first = _touch_stage("a", tmp_path / "a.txt", tmp_path / "count_a")
+    second = _touch_stage("b", tmp_path / "b.txt", tmp_path / "count_b")
+    second.argv = [*second.argv, "--config", str(config), "--minutes", "3"]
+    run_pipeline([first, second], stamps)
+    (tmp_path / "a.txt").unlink()  # a would run again ...
+    second.argv[-1] = "5"          # ... but b's settings changed: refused before a runs
+    with pytest.raises(StageConflict, match="stage b .*--minutes was '3', now '5'"):
+        run_pipeline([first, second], stamps, on_change="refuse")
+    assert (tmp_path / "count_a").read_text() == "1" and (tmp_path / "b.txt").exists()
+    second.argv[-1] = "3"
+    config.write_text("lr: 2\n")
+    with pytest.raises(StageConflict, match=f"config {config} changed"):
+        run_pipeline([first, second], stamps, on_change="refuse")
+    results = run_pipeline([first, second], stamps, on_change="rerun")  # what --force allows
+    assert [r.skipped for r in results] == [False, False]
