@@ -139,24 +139,23 @@ def _build_unet(path: Path, hparams: dict[str, Any], state: dict[str, torch.Tens
     if missing or unexpected:
         raise DriveSimInputError(f"weights do not match the UNet config: missing {missing[:3]}, "
                                  f"unexpected {unexpected[:3]}", path=path, field="state_dict")
-    try:
-        schedule = DiscreteVPSchedule(**hparams.get("schedule", {}))
-        prediction = check_prediction(hparams.get("prediction", "v"))
-    except (TypeError, ValueError) as err:
-        raise DriveSimInputError(f"schedule / prediction not accepted: {err}", path=path,
-                                 field="hparams.schedule") from err
-    return ModelRecord(unet.eval(), role or unet_role(config), path, hparams, schedule, prediction)
+    return ModelRecord(unet.eval(), role or unet_role(config), path, hparams, *_diffusion_settings(hparams, path))
 
 
 def upsampler_record(network: nn.Module, hparams: dict[str, Any], path: Path | None = None) -> ModelRecord:
     """A record for a video upsampler and its file's hyper-parameters (in memory or loaded)."""
+    return ModelRecord(network, "upsampler", path, dict(hparams), *_diffusion_settings(hparams, path))
+
+
+def _diffusion_settings(hparams: dict[str, Any], path: Path | None) -> tuple[DiscreteVPSchedule, str]:
+    """(schedule, prediction) of a diffusion model file, refused with the field named."""
     try:
         schedule = DiscreteVPSchedule(**hparams.get("schedule", {}))
         prediction = check_prediction(hparams.get("prediction", "v"))
     except (TypeError, ValueError) as err:
         raise DriveSimInputError(f"schedule / prediction not accepted: {err}", path=path,
                                  field="hparams.schedule") from err
-    return ModelRecord(network, "upsampler", path, dict(hparams), schedule, prediction)
+    return schedule, prediction
 
 
 def _build_upsampler(path: Path, hparams: dict[str, Any], state: dict[str, torch.Tensor]) -> ModelRecord:
