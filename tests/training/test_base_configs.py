@@ -48,7 +48,7 @@ def test_trainer_ddp_with_size_base_is_bf16_mixed_ddp_on_gpus_for_every_stage(tm
 
 @pytest.mark.filterwarnings("ignore:LightningCLI.s args parameter")
 def test_gpu_check_stages_parse_at_reduced_width(tmp_path, capsys):
-    """The fast variant of the CPU step below: every check command is a valid config."""
+    """Every check command is a valid config (the CPU step below runs them)."""
     for stage in check_stages(tmp_path, size="base", trainer="cpu", steps=1, warmup=0, narrow=True):
         config = _printed_config(stage.argv, capsys)
         assert config["trainer"]["max_steps"] == 1 and config["data"]["init_args"]["source"] == "synthetic"
@@ -57,9 +57,9 @@ def test_gpu_check_stages_parse_at_reduced_width(tmp_path, capsys):
         assert callbacks[-1] == "drivesim.training.throughput.ThroughputMeter", stage.name
 
 
-@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_every_base_config_trains_one_step_on_cpu_at_reduced_width(tmp_path):
+    """About 15 s on an idle 2-core machine: six stages, each one step of its base config."""
     rows = run_check(tmp_path / "check", runner=lambda stage: main(stage.argv), size="base", trainer="cpu", steps=1,
                      warmup=0, narrow=True)
     assert [r["stage"] for r in rows] == [s for s in TRAINED if s in {r["stage"] for r in rows}]
