@@ -16,7 +16,7 @@ FORCE ?= 0
 SECONDS ?= 120
 STEPS ?= 5
 # make train: DATA (required), RUN (default <data name>-<size>), STAGE, TRAINER, INIT, MINUTES, ARGS (extra fit args);
-# make rollout RUN=name: ROLLOUT_ARGS (extra rollout flags, e.g. --interp-passes 0 --no-upsample)
+# make rollout [RUN=name]: ROLLOUT_ARGS (extra rollout flags, e.g. --interp-passes 0 --no-upsample: key frames only)
 STAGE ?=
 TRAINER ?=
 INIT ?=
@@ -51,17 +51,17 @@ train: install ## the whole stack: DATA=dir|synthetic [SIZE=tiny|base TRAINER=cp
 	@test -n "$(DATA)" || { echo "make train: DATA= is required: a clip folder, a folder of videos, a nuScenes dataroot, or synthetic"; exit 2; }
 	$(DS) train --data $(DATA) --size $(SIZE) --runs $(RUNS) $(if $(RUN),--run $(RUNS)/$(RUN)) $(if $(TRAINER),--trainer $(TRAINER)) $(if $(INIT),--init $(INIT)) $(foreach s,$(STAGE),--stage $(s)) $(if $(MINUTES),--minutes $(MINUTES)) $(if $(filter 1,$(FORCE)),--force) $(if $(ARGS),-- $(ARGS))
 
-rollout: install ## RUN=name: a drive with the run's models into runs/rollouts/NAME; no RUN: the demo's day and night rollouts
+rollout: install ## RUN=name: a drive with the run's models into runs/rollouts/NAME; no RUN: the demo's day and night rollouts through its cascade
 ifdef RUN
 	$(DS) rollout --run $(RUNS)/$(RUN) --out $(RUNS)/rollouts/$(RUN) --seconds $(SECONDS) --steps $(STEPS) --overwrite $$($(PY) -m drivesim.tools.run_info $(RUNS)/$(RUN)) $(ROLLOUT_ARGS)
 else
-	$(DS) rollout --preset demo --runs $(RUNS) --seconds $(SECONDS) --steps $(STEPS) --crowd crowded --traffic-range 60 --guidance-boxes 2 --workers 0 --overwrite --debug-video
+	$(DS) rollout --preset demo --runs $(RUNS) --seconds $(SECONDS) --steps $(STEPS) --crowd crowded --traffic-range 60 --guidance-boxes 2 --workers 0 --overwrite --debug-video $(ROLLOUT_ARGS)
 endif
 
 eval: install ## score the demo rollouts against the held-out synthetic clips (oracle metrics)
 	$(DS) eval --real $(RUNS)/demo/data --real-split val --fake $(RUNS)/rollouts/demo --fps 2 --metrics oracle --out $(RUNS)/demo/eval/report.json --overwrite
 
-demo: install ## data -> autoencoder -> temporal decoder -> latents -> image LDM -> video LDM -> rollouts -> eval
+demo: install ## data -> autoencoder -> temporal decoder -> latents -> image LDM -> video LDM -> interpolation -> upsampler -> rollouts -> eval
 	$(DS) demo --runs $(RUNS) $(if $(filter 1,$(FORCE)),--force,)
 
 gpu-check: install ## every stage's base config for a few steps on CUDA with the ddp trainer: throughput and memory

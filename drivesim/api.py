@@ -86,19 +86,25 @@ class Simulator:
     @classmethod
     def from_files(cls, *, autoencoder: str | Path, video: str | Path, image: str | Path | None = None,
                    interpolation: str | Path | None = None, upsampler: str | Path | None = None,
-                   device: torch.device | str = "cpu", compile: bool = False) -> Simulator:
-        """Load explicit model files (any of ``.safetensors`` / ``.pt`` / Lightning ``.ckpt``)."""
-        kw = {"device": device, "compile": compile}
+                   device: torch.device | str = "cpu", compile: bool = False,
+                   compile_mode: str = "default") -> Simulator:
+        """Load explicit model files (any of ``.safetensors`` / ``.pt`` / Lightning ``.ckpt``).
+
+        ``compile``: ``torch.compile`` the diffusion networks in ``compile_mode``
+        (``drivesim.models.compile``); rollouts have fixed shapes, so each compiles once per
+        shape (docs/scaling.md, "Compiled training and sampling")."""
+        kw = {"device": device, "compile": compile, "compile_mode": compile_mode}
         optional = {"image": image, "interpolation": interpolation, "upsampler": upsampler}
         loaded = {role: None if path is None else load_model(path, role, **kw) for role, path in optional.items()}
         return cls(load_model(autoencoder, "autoencoder", device=device), load_model(video, "prediction", **kw),
                    **loaded)
 
     @classmethod
-    def from_run(cls, run: str | Path, *, device: torch.device | str = "cpu", compile: bool = False) -> Simulator:
+    def from_run(cls, run: str | Path, *, device: torch.device | str = "cpu", compile: bool = False,
+                 compile_mode: str = "default") -> Simulator:
         """Load the models of a run folder (``make train`` / ``make demo``; docs/api.md)."""
         files = resolve_run(run)
-        return cls.from_files(**files, device=device, compile=compile)
+        return cls.from_files(**files, device=device, compile=compile, compile_mode=compile_mode)
 
     def model_paths(self) -> dict[str, str]:
         """{role: model file} of the loaded models (provenance; resume fingerprints)."""

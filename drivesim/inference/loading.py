@@ -189,5 +189,5 @@ def load_model(path: str | Path, role: str | None = None, *, device: torch.devic
         raise DriveSimInputError(f"this '{kind}' file is not {wanted}", path=path, field="kind", value=kind)
     record.network.to(device).eval()
     if compile:
-        compile_network(record.network, compile_mode)
+        compile_network(record.network, compile_mode, device=device)  # reduce-overhead: CUDA only
     return record

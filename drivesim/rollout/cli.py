@@ -67,6 +67,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--workers", type=int, default=1, help="with --daynight both: drives rendered in parallel "
       "processes, the CPU threads split between them (0: one per drive; default 1)")
     a("--no-progress", action="store_true")
+    from drivesim.models.compile import COMPILE_MODES
+
+    a("--compile", choices=COMPILE_MODES, help="torch.compile the diffusion networks in this mode (compiles "
+      "once per shape; pays off on long drives: docs/scaling.md)")
     _config_flags(parser)
 
 
@@ -117,11 +121,15 @@ def _drive(sim: Simulator, args: argparse.Namespace, config: RolloutConfig, out:
     return res, sim.plan(config).output_fps
 
 
+def _simulator(args: argparse.Namespace, files: dict[str, Any]) -> Simulator:
+    return Simulator.from_files(**files, compile=args.compile is not None, compile_mode=args.compile or "default")
+
+
 def _run_one(args: argparse.Namespace, files: dict[str, Any], config: RolloutConfig, out: Path,
              position: int, threads: int) -> tuple[RolloutResult, float]:
     """One drive in a worker process (``--workers``): own models, ``threads`` CPU threads."""
     torch.set_num_threads(threads)
-    return _drive(Simulator.from_files(**files), args, config, out, position)
+    return _drive(_simulator(args, files), args, config, out, position)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -141,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
             for future in futures:  # a failed drive raises here
                 _report(*future.result())
         return 0
-    sim = Simulator.from_files(**files)
+    sim = _simulator(args, files)
     for cfg, out in configs:
         _report(*_drive(sim, args, cfg, out))
     return 0

@@ -1,9 +1,11 @@
 """`drivesim demo` (make demo): the whole tiny stack on the synthetic world, on CPU.
 
 The training chain of `drivesim train` (``tools/chain.py``) on DATA=synthetic at size tiny,
-limited to data -> autoencoder -> temporal decoder -> latent cache -> image LDM -> video LDM
-with the demo's wall-time budgets, then 2-minute day and night rollouts and an oracle
-evaluation against held-out synthetic clips. Each stage is a plain `drivesim` command (printed
+with the demo's wall-time budgets: data -> autoencoder -> temporal decoder -> latent cache ->
+image LDM -> video LDM -> interpolation -> video upsampler. Then 2-minute day and night
+rollouts of key frames (2 fps, 64x128) and their oracle evaluation against held-out synthetic
+clips, a short rollout through the whole cascade (both interpolation passes and the upsampler:
+32 fps at 256x512), and a 2-minute ego-motion rollout of the stop-and-go + curve preset. Each stage is a plain `drivesim` command (printed
 before it runs, so a user can repeat any step by hand); finished stages are skipped on a re-run
 (stamps), `--force` redoes them. The budget per training stage is `--minutes` scaled.
 """
@@ -22,9 +24,13 @@ from drivesim.tools.runs import run_chain
 # image LDM gets the largest LDM share: the video LDM freezes its spatial layers, so what a
 # rollout frame looks like is the image model's (6 minutes draw road geometry that 3 do not;
 # docs/benchmarks.md), and the temporal decoder stage gains little per minute on CPU.
-_TRAIN_MINUTES = {"autoencoder": 3.5, "autoencoder_temporal": 0.5, "image_ldm": 4.5,
-                  "video_ldm": 2.0}
-DEMO_STAGES = ("data", "autoencoder", "autoencoder_temporal", "latents", "image_ldm", "video_ldm")
+# The cascade stages get short budgets (interpolation trains the temporal layers only; the
+# upsampler is a small residual network): their in-between and upsampled frames inherit the key
+# frames' look, and a CPU demo has 20 minutes in all (docs/benchmarks.md, "make demo").
+_TRAIN_MINUTES = {"autoencoder": 3.0, "autoencoder_temporal": 0.5, "image_ldm": 3.75,
+                  "video_ldm": 2.0, "interpolation": 1.0, "upsampler": 1.5}
+DEMO_STAGES = ("data", "autoencoder", "autoencoder_temporal", "latents", "image_ldm", "video_ldm",
+               "interpolation", "upsampler")
 # The demo's world: dense traffic close to the camera (the tiny configs' synthetic source
 # uses the same), so the scenario's vehicles are large enough to see at 64x128.
 _TRAFFIC = ["--traffic-range", "60"]
@@ -54,19 +60,40 @@ def demo_spec(runs: Path, *, minutes: float = _BUDGET_AT, clips: int = 32) -> Ch
                      synthetic_clips=clips)
 
 
+# The cascade rollout: seconds of drive through both interpolation passes and the upsampler
+# (2 -> 8 -> 32 fps, 64x128 -> 256x512), upsampler steps. On 2 CPU cores every key frame costs
+# 16 output frames; `make rollout` runs the whole cascade on the 2-minute drives.
+CASCADE_SECONDS, CASCADE_UPSAMPLE_STEPS = 10.0, 2
+# The ego-motion rollout: the stop-and-go + curve preset, its motion guided (scale 2).
+EGO_SCENARIO, EGO_GUIDANCE = "synthetic:7:stop_and_go_curve", "2"
+
+
 def demo_after_stages(runs: Path, *, seconds: float = 120.0, rollout_steps: int = 5) -> list[Stage]:
-    """The rollouts (``runs/rollouts/demo``) and their evaluation after the training chain."""
+    """The rollouts (key frames under ``runs/rollouts/demo``, the cascade and ego drives beside
+    it) and the key-frame rollouts' evaluation after the training chain."""
     root = runs / "demo"
     data = root / "data"
     rollouts = runs / "rollouts" / "demo"
+    cascade, ego = runs / "rollouts" / "demo-cascade", runs / "rollouts" / "demo-ego"
     report = root / "eval" / "report.json"
     video = root / "video_ldm" / "model.safetensors"
+    common = ["--steps", str(rollout_steps), "--crowd", "crowded", *_TRAFFIC, *_BOX_GUIDANCE, "--overwrite"]
+    key_frames = ["--interp-passes", "0", "--no-upsample"]
+    cascade_models = [root / "interpolation" / "model.safetensors", root / "upsampler" / "model.safetensors"]
     return [
-        Stage("rollouts", f"{seconds / 60:g}-minute day and night rollouts",
-              ["rollout", "--preset", "demo", "--runs", str(runs), "--seconds", str(seconds),
-               "--steps", str(rollout_steps), "--crowd", "crowded", *_TRAFFIC, *_BOX_GUIDANCE, "--workers", "2",
-               "--overwrite", "--debug-video"],
+        Stage("rollouts", f"{seconds / 60:g}-minute day and night rollouts (key frames)",
+              ["rollout", "--preset", "demo", "--runs", str(runs), "--seconds", str(seconds), *common, *key_frames,
+               "--workers", "2", "--debug-video"],
               outputs=[rollouts / "day" / "clip.json", rollouts / "night" / "clip.json"], inputs=[video]),
+        Stage("cascade", f"a {CASCADE_SECONDS:g}-second rollout through the cascade (32 fps, 4x resolution)",
+              ["rollout", "--run", str(root), "--scenario", "synthetic:3", "--seconds", f"{CASCADE_SECONDS:g}",
+               *common, "--interp-passes", "2", "--upsample-steps", str(CASCADE_UPSAMPLE_STEPS),
+               "--out", str(cascade)],
+              outputs=[cascade / "clip.json"], inputs=[video, *cascade_models]),
+        Stage("ego", f"a {seconds / 60:g}-minute ego-motion rollout ({EGO_SCENARIO})",
+              ["rollout", "--run", str(root), "--scenario", EGO_SCENARIO, "--seconds", str(seconds), *common,
+               *key_frames, "--guidance-ego", EGO_GUIDANCE, "--debug-video", "--out", str(ego)],
+              outputs=[ego / "clip.json"], inputs=[video]),
         # both sides at the rollouts' frame rate (the video model's): frame differences of
         # 2 fps rollouts and 10 fps real clips are not comparable
         Stage("eval", "oracle metrics of the rollouts against held-out synthetic clips",
@@ -111,6 +138,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {r.name:22s} {'skipped' if r.skipped else f'{r.seconds:6.0f} s'}")
     rollouts = runs / "rollouts" / "demo"
     print(f"\nvideos:  {rollouts / 'day'}/  {rollouts / 'night'}/  (frames.mp4, debug video, clip.json)")
+    print(f"         {runs / 'rollouts' / 'demo-cascade'}/ (32 fps, 256x512)  "
+          f"{runs / 'rollouts' / 'demo-ego'}/ (stop-and-go + curve)")
     print(f"report:  {runs / 'demo' / 'eval' / 'report.json'} (+ drift and sample PNGs beside it)")
     print(f"logs:    tensorboard --logdir {runs / 'demo'}")
     return 0

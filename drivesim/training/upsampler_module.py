@@ -37,6 +37,7 @@ from drivesim.diffusion.parameterization import check_prediction
 from drivesim.diffusion.schedule import DiscreteVPSchedule
 from drivesim.inference import ModelRecord, upsampler_record
 from drivesim.inference.upsampling import upsample_clip
+from drivesim.models.compile import check_compile_mode, compile_network
 from drivesim.models.conditioning import Conditioning
 from drivesim.models.upsampler import (
     UPSAMPLER_KIND,
@@ -70,6 +71,9 @@ class UpsamplerModule(LightningModule):
         val_sample_steps, num_val_samples, val_seed: validation samples (PSNR against bicubic).
         model_file, overwrite: where ``on_fit_end`` writes the ``upsampler`` model file (default
             ``<log_dir>/model.safetensors``) and whether it may replace one.
+        compile, compile_mode: ``torch.compile`` the network's UNet in place before training (one
+            graph, ``models/compile.py``); mode ``default``, ``max-autotune-no-cudagraphs`` or, on
+            CUDA, ``reduce-overhead``.
     """
 
     def __init__(self, upsampler: VideoUpsampler, prediction: str = "v", num_train_steps: int = 1000,
@@ -80,9 +84,11 @@ class UpsamplerModule(LightningModule):
                  lr: float = 1e-4, weight_decay: float = 0.0, betas: Sequence[float] = (0.9, 0.999),
                  warmup_steps: int = 500, lr_decay_fraction: float = 0.0, val_sample_steps: int = 5,
                  num_val_samples: int = 2, val_seed: int = 0, seed: int = 0,
-                 model_file: str | None = None, overwrite: bool = False) -> None:
+                 model_file: str | None = None, overwrite: bool = False, compile: bool = False,
+                 compile_mode: str = "default") -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["upsampler"])
+        check_compile_mode(compile_mode)
         check_prediction(prediction)
         check_schedule(warmup_steps, lr_decay_fraction)
         if not isinstance(upsampler, VideoUpsampler):
@@ -95,6 +101,8 @@ class UpsamplerModule(LightningModule):
         if snr_gamma is not None and not snr_gamma > 0:
             raise DriveSimInputError("expected None or > 0", field="snr_gamma", value=snr_gamma)
         self.upsampler = upsampler
+        if compile:
+            compile_network(upsampler, compile_mode)  # its UNet, in place: state-dict keys stay unchanged
         self.schedule = DiscreteVPSchedule(num_train_steps, schedule, beta_start, beta_end)
         if self.schedule.num_steps <= upsampler.max_aug_level:
             raise DriveSimInputError("the schedule has fewer steps than augmentation levels",

@@ -27,7 +27,7 @@ def test_every_demo_stage_parses(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(Path(__file__).resolve().parents[2])  # configs/ paths are relative to the repo
     stages = demo_stages(tmp_path / "runs")
     assert [s.name for s in stages] == ["data", "autoencoder", "autoencoder_temporal", "latents", "image_ldm",
-                                        "video_ldm", "rollouts", "eval"]
+                                        "video_ldm", "interpolation", "upsampler", "rollouts", "cascade", "ego", "eval"]
     for stage in stages:
         if stage.argv[0] == "fit":
             with pytest.raises(SystemExit) as done:
@@ -42,20 +42,33 @@ def test_every_demo_stage_parses(tmp_path, capsys, monkeypatch):
         else:
             parser, rest = _tool_parser(stage.argv)
             args = parser.parse_args(rest)  # raises on an unknown or malformed flag
-            if stage.name in ("data", "latents", "rollouts", "eval"):
+            if stage.name in ("data", "latents", "rollouts", "cascade", "ego", "eval"):
                 assert args.overwrite, stage.name
     rollout = next(s for s in stages if s.name == "rollouts")
     assert "--debug-video" in rollout.argv  # the README promises the boxes-drawn video
     i = rollout.argv.index("--guidance-boxes")  # box guidance: recall 0.15 -> 0.40 in the demo rollouts
     assert float(rollout.argv[i + 1]) == 2.0
+    # the 2-minute drives are key frames (scored at 2 fps); the cascade drive runs both passes
+    # and the upsampler; the ego drive guides the stop-and-go + curve preset's motion
+    assert rollout.argv[rollout.argv.index("--interp-passes") + 1] == "0" and "--no-upsample" in rollout.argv
+    cascade = next(s for s in stages if s.name == "cascade")
+    assert cascade.argv[cascade.argv.index("--interp-passes") + 1] == "2" and "--no-upsample" not in cascade.argv
+    ego = next(s for s in stages if s.name == "ego")
+    assert ego.argv[ego.argv.index("--scenario") + 1].endswith(":stop_and_go_curve")
+    assert float(ego.argv[ego.argv.index("--guidance-ego") + 1]) > 1.0
     # real clips are scored at the rollouts' frame rate (the video config's), not at 10 fps
     ev = next(s for s in stages if s.name == "eval")
     video_fps = yaml.safe_load(Path("configs/video_ldm/tiny.yaml").read_text())["data"]["init_args"]["fps"]
     assert float(ev.argv[ev.argv.index("--fps") + 1]) == float(video_fps) == 2.0
+    # the extra drives stay out of the folder the eval stage scores
+    scored = Path(ev.argv[ev.argv.index("--fake") + 1])
+    for extra in (cascade, ego):
+        out = Path(extra.argv[extra.argv.index("--out") + 1])
+        assert scored != out and scored not in out.parents, extra.name
 
 
 def test_demo_budget_scales_the_training_stages(tmp_path):
     full = {s.name: s for s in demo_stages(tmp_path, minutes=20.0)}
     half = {s.name: s for s in demo_stages(tmp_path, minutes=10.0)}
     time_of = lambda s: s.argv[s.argv.index("--trainer.max_time") + 1]  # noqa: E731
-    assert time_of(full["autoencoder"]) == "00:00:03:30" and time_of(half["autoencoder"]) == "00:00:01:45"
+    assert time_of(full["autoencoder"]) == "00:00:03:00" and time_of(half["autoencoder"]) == "00:00:01:30"
