@@ -3,9 +3,10 @@
 The training chain of `drivesim train` (``tools/chain.py``) on DATA=synthetic at size tiny,
 with the demo's wall-time budgets: data -> autoencoder -> temporal decoder -> latent cache ->
 image LDM -> video LDM -> interpolation -> video upsampler. Then 2-minute day and night
-rollouts of key frames (2 fps, 64x128) and their oracle evaluation against held-out synthetic
-clips, a short rollout through the whole cascade (both interpolation passes and the upsampler:
-32 fps at 256x512), and a 2-minute ego-motion rollout of the stop-and-go + curve preset. Each stage is a plain `drivesim` command (printed
+rollouts through the first interpolation pass and the upsampler (2 fps key frames -> 8 fps,
+64x128 -> 256x512) and their oracle evaluation (at the key frames) against held-out synthetic
+clips, a 10-second rollout through the whole cascade (both passes: 32 fps), and a 2-minute
+ego-motion rollout of the stop-and-go + curve preset (key frames). Each stage is a plain `drivesim` command (printed
 before it runs, so a user can repeat any step by hand); finished stages are skipped on a re-run
 (stamps), `--force` redoes them. The budget per training stage is `--minutes` scaled.
 """
@@ -60,10 +61,11 @@ def demo_spec(runs: Path, *, minutes: float = _BUDGET_AT, clips: int = 32) -> Ch
                      synthetic_clips=clips)
 
 
-# The cascade rollout: seconds of drive through both interpolation passes and the upsampler
-# (2 -> 8 -> 32 fps, 64x128 -> 256x512), upsampler steps. On 2 CPU cores every key frame costs
-# 16 output frames; `make rollout` runs the whole cascade on the 2-minute drives.
-CASCADE_SECONDS, CASCADE_UPSAMPLE_STEPS = 10.0, 2
+# The demo's cascade on 2 CPU cores: the 2-minute drives take one interpolation pass (x4, 8 fps)
+# and the upsampler (2 steps per chunk): 197 s for both drives against 37 s for key frames only;
+# both passes (x16, 32 fps) cost 4 s per second of drive, so they run on a 10-second drive.
+# `make rollout` runs the whole cascade on the 2-minute drives.
+CASCADE_SECONDS, UPSAMPLE_STEPS = 10.0, 2
 # The ego-motion rollout: the stop-and-go + curve preset, its motion guided (scale 2).
 EGO_SCENARIO, EGO_GUIDANCE = "synthetic:7:stop_and_go_curve", "2"
 
@@ -79,23 +81,24 @@ def demo_after_stages(runs: Path, *, seconds: float = 120.0, rollout_steps: int 
     video = root / "video_ldm" / "model.safetensors"
     common = ["--steps", str(rollout_steps), "--crowd", "crowded", *_TRAFFIC, *_BOX_GUIDANCE, "--overwrite"]
     key_frames = ["--interp-passes", "0", "--no-upsample"]
+    upsample = ["--upsample-steps", str(UPSAMPLE_STEPS)]
     cascade_models = [root / "interpolation" / "model.safetensors", root / "upsampler" / "model.safetensors"]
     return [
-        Stage("rollouts", f"{seconds / 60:g}-minute day and night rollouts (key frames)",
-              ["rollout", "--preset", "demo", "--runs", str(runs), "--seconds", str(seconds), *common, *key_frames,
-               "--workers", "2", "--debug-video"],
-              outputs=[rollouts / "day" / "clip.json", rollouts / "night" / "clip.json"], inputs=[video]),
-        Stage("cascade", f"a {CASCADE_SECONDS:g}-second rollout through the cascade (32 fps, 4x resolution)",
+        Stage("rollouts", f"{seconds / 60:g}-minute day and night rollouts (x4 interpolation: 8 fps; x4 upsampler)",
+              ["rollout", "--preset", "demo", "--runs", str(runs), "--seconds", str(seconds), *common,
+               "--interp-passes", "1", *upsample, "--workers", "2", "--debug-video"],
+              outputs=[rollouts / "day" / "clip.json", rollouts / "night" / "clip.json"],
+              inputs=[video, *cascade_models]),
+        Stage("cascade", f"a {CASCADE_SECONDS:g}-second rollout through the whole cascade (32 fps, 4x resolution)",
               ["rollout", "--run", str(root), "--scenario", "synthetic:3", "--seconds", f"{CASCADE_SECONDS:g}",
-               *common, "--interp-passes", "2", "--upsample-steps", str(CASCADE_UPSAMPLE_STEPS),
-               "--out", str(cascade)],
+               *common, "--interp-passes", "2", *upsample, "--out", str(cascade)],
               outputs=[cascade / "clip.json"], inputs=[video, *cascade_models]),
         Stage("ego", f"a {seconds / 60:g}-minute ego-motion rollout ({EGO_SCENARIO})",
               ["rollout", "--run", str(root), "--scenario", EGO_SCENARIO, "--seconds", str(seconds), *common,
                *key_frames, "--guidance-ego", EGO_GUIDANCE, "--debug-video", "--out", str(ego)],
               outputs=[ego / "clip.json"], inputs=[video]),
-        # both sides at the rollouts' frame rate (the video model's): frame differences of
-        # 2 fps rollouts and 10 fps real clips are not comparable
+        # both sides at the key-frame rate (the video model's; the 8 fps rollouts' every fourth
+        # frame): frame differences of 2 fps and 10 fps video are not comparable
         Stage("eval", "oracle metrics of the rollouts against held-out synthetic clips",
               ["eval", "--real", str(data), "--real-split", "val", "--fake", str(rollouts),
                "--fps", f"{_config_fps(VIDEO_CONFIG):g}",
@@ -137,9 +140,10 @@ def run(args: argparse.Namespace) -> int:
     for r in results:
         print(f"  {r.name:22s} {'skipped' if r.skipped else f'{r.seconds:6.0f} s'}")
     rollouts = runs / "rollouts" / "demo"
-    print(f"\nvideos:  {rollouts / 'day'}/  {rollouts / 'night'}/  (frames.mp4, debug video, clip.json)")
+    print(f"\nvideos:  {rollouts / 'day'}/  {rollouts / 'night'}/  (8 fps, 256x512: frames.mp4, debug video, "
+          "clip.json)")
     print(f"         {runs / 'rollouts' / 'demo-cascade'}/ (32 fps, 256x512)  "
-          f"{runs / 'rollouts' / 'demo-ego'}/ (stop-and-go + curve)")
+          f"{runs / 'rollouts' / 'demo-ego'}/ (stop-and-go + curve, 2 fps)")
     print(f"report:  {runs / 'demo' / 'eval' / 'report.json'} (+ drift and sample PNGs beside it)")
     print(f"logs:    tensorboard --logdir {runs / 'demo'}")
     return 0

@@ -153,7 +153,7 @@ def test_compile_network_compiles_the_modules_that_do_the_work(generator):
     assert compile_targets(plain) == [plain]
 
 
-@pytest.mark.parametrize("kind", ["image", "interpolation"])
+@pytest.mark.parametrize("kind", ["image", "prediction", "interpolation"])
 def test_unet_forward_is_one_graph(kind, generator):
     model = UNet(**TINY, **NETWORKS[kind])
     x, t, cond = unet_inputs(kind, generator, boxes=5)  # 5 boxes > max_boxes: the truncation path too
@@ -240,7 +240,7 @@ def _agree(eager_fn, compiled_fn, tol: float) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["image", "prediction"])
+@pytest.mark.parametrize("kind", ["image", "prediction", "interpolation"])
 def test_inductor_unet_matches_eager(kind, generator):
     """Generated code (inductor, CPU): sampling output and training gradients within 1e-4 of
     eager, relative to the largest value (float32 reassociation)."""
@@ -271,3 +271,23 @@ def test_inductor_autoencoder_matches_eager(generator):
         _agree(lambda: eager.encode(x).mean, lambda: compiled.encode(x).mean, 1e-4)
         z = eager.encode(x).mean
         _agree(lambda: eager.decode(z), lambda: compiled.decode(z), 1e-4)
+
+
+@pytest.mark.slow
+def test_inductor_upsampler_matches_eager(generator):
+    """The video upsampler's generated code: output and gradients within 1e-4 / 1e-3 of eager."""
+    net = dict(scale=2, model_channels=8, channel_mult=(1, 2), num_res_blocks=1, num_head_channels=8,
+               norm_groups=4, context_channels=4, max_frames=4, max_aug_level=4)
+    eager = randomised(VideoUpsampler(**net), generator)
+    compiled = VideoUpsampler(**net)
+    compiled.load_state_dict(eager.state_dict())
+    compile_network(compiled)
+    x = torch.randn(1, 2, 3, 8, 16, generator=generator)
+    t, cond = torch.full((1,), 300.0), Conditioning(lowres=x.clone(), regime=torch.tensor([2]))
+    with torch.no_grad():
+        _agree(lambda: eager.eval()(x, t, cond), lambda: compiled.eval()(x, t, cond), 1e-4)
+    eager.train()(x, t, cond).square().mean().backward()
+    compiled.train()(x, t, cond).square().mean().backward()
+    for a, b in zip(eager.parameters(), compiled.parameters(), strict=True):
+        if a.grad.abs().max() > 0:
+            _agree(lambda a=a: a.grad, lambda b=b: b.grad, 1e-3)

@@ -48,9 +48,10 @@ def test_every_demo_stage_parses(tmp_path, capsys, monkeypatch):
     assert "--debug-video" in rollout.argv  # the README promises the boxes-drawn video
     i = rollout.argv.index("--guidance-boxes")  # box guidance: recall 0.15 -> 0.40 in the demo rollouts
     assert float(rollout.argv[i + 1]) == 2.0
-    # the 2-minute drives are key frames (scored at 2 fps); the cascade drive runs both passes
-    # and the upsampler; the ego drive guides the stop-and-go + curve preset's motion
-    assert rollout.argv[rollout.argv.index("--interp-passes") + 1] == "0" and "--no-upsample" in rollout.argv
+    # the 2-minute drives go through one interpolation pass and the upsampler (8 fps, 4x size;
+    # scored at the 2 fps key frames); the cascade drive runs both passes; the ego drive guides
+    # the stop-and-go + curve preset's motion
+    assert rollout.argv[rollout.argv.index("--interp-passes") + 1] == "1" and "--no-upsample" not in rollout.argv
     cascade = next(s for s in stages if s.name == "cascade")
     assert cascade.argv[cascade.argv.index("--interp-passes") + 1] == "2" and "--no-upsample" not in cascade.argv
     ego = next(s for s in stages if s.name == "ego")
