@@ -99,7 +99,8 @@ def rollout(sim: Simulator, out: Path, args: argparse.Namespace, guidance_ego: f
         return out, 0.0
     config = RolloutConfig(seconds=args.seconds, steps=args.steps, seed=args.seed, crowd=args.crowd,
                            traffic_range=args.traffic_range, guidance_context=args.guidance_context,
-                           guidance_boxes=args.guidance_boxes, guidance_ego=guidance_ego)
+                           guidance_boxes=args.guidance_boxes, guidance_ego=guidance_ego,
+                           interp_passes=0, upsample=False)  # key frames: what the video model's ego conditioning makes
     start = time.monotonic()
     sim.write_rollout(out, args.scenario, config, overwrite=True, progress=True)
     return out, time.monotonic() - start

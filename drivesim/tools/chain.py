@@ -61,8 +61,8 @@ FIT_STAGES: dict[str, FitStage] = {
 }
 ORDER = ("data", "autoencoder", "autoencoder_temporal", "latents", "image_ldm", "video_ldm", "interpolation",
          "upsampler")
-# Wall-time shares of the training stages (minutes at a 14-minute total): the demo's budgets
-# (docs/benchmarks.md, "make demo") plus the interpolation and upsampler stages.
+# Wall-time shares of the training stages for MINUTES= (minutes at a 14-minute total). The demo
+# states its own minutes (tools/demo.py: shorter cascade stages to fit its 20 minutes).
 SHARES = {"autoencoder": 3.5, "autoencoder_temporal": 0.5, "image_ldm": 4.5, "video_ldm": 2.0,
           "interpolation": 1.5, "upsampler": 2.0}
 # The synthetic world's export per size: clips of 12 s at 10 fps, dense traffic near the camera
