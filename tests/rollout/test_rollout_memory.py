@@ -41,11 +41,26 @@ def test_rss_does_not_grow_with_rollout_length(tmp_path):
 
 
 
+def _array_key(x, np) -> tuple[int, int] | None:
+    """(storage key, bytes) of a CPU tensor or numpy array; None for anything else, including
+    objects that cannot be inspected (dead weak proxies, fake tensors left by compile tests)."""
+    try:
+        if isinstance(x, torch.Tensor) and x.device.type == "cpu":
+            return x.untyped_storage().data_ptr(), x.untyped_storage().nbytes()
+        if isinstance(x, np.ndarray):
+            base = x if x.base is None else x.base
+            return id(base), getattr(base, "nbytes", x.nbytes)
+    except (ReferenceError, RuntimeError, NotImplementedError):
+        pass
+    return None
+
+
 def live_array_mb() -> float:
     """MiB of every tensor and numpy array reachable from Python objects (each storage once):
     what the process holds on purpose, without the allocator's and encoder's noise in RSS."""
     import gc
     import warnings
+    import weakref
 
     import numpy as np
 
@@ -53,17 +68,13 @@ def live_array_mb() -> float:
     with warnings.catch_warnings():  # isinstance on deprecated module-level objects warns
         warnings.simplefilter("ignore", FutureWarning)
         for obj in gc.get_objects():
+            if type(obj) in weakref.ProxyTypes:  # may be dead: touching it raises
+                continue
             for x in (obj, *(gc.get_referents(obj) if isinstance(obj, (list, tuple, dict)) else ())):
-                if isinstance(x, torch.Tensor) and x.device.type == "cpu":
-                    key, size = x.untyped_storage().data_ptr(), x.untyped_storage().nbytes()
-                elif isinstance(x, np.ndarray):
-                    base = x if x.base is None else x.base
-                    key, size = id(base), getattr(base, "nbytes", x.nbytes)
-                else:
-                    continue
-                if key not in seen:
-                    seen.add(key)
-                    total += size
+                found = _array_key(x, np)
+                if found is not None and found[0] not in seen:
+                    seen.add(found[0])
+                    total += found[1]
     return total / 2**20
 
 
