@@ -41,7 +41,7 @@ import torch
 from drivesim.data.datasets import SyntheticDataset
 from drivesim.inference import load_model
 from drivesim.metrics.oracle.scores import frame_differences, warp_residuals, wasserstein_1d
-from drivesim.rollout.engine import SegmentCondition
+from drivesim.rollout.engine import SegmentCondition, interpolation_pass
 from drivesim.rollout.sampler import InterpolationSampler
 from drivesim.utils.io import atomic_write_json
 
@@ -89,15 +89,12 @@ def window_condition(sample: dict, idx: list[int], num_context: int = 2) -> Segm
 def cascade_latents(keys: torch.Tensor, sample: dict, passes: list[InterpolationSampler], factor: int,
                     generator: torch.Generator) -> torch.Tensor:
     """Key latents ``[1, K, C, h, w]`` (output frames 0, R, 2R, ...) -> ``[1, (K-1) R + 1, C, h, w]``
-    through every pass, each gap filled from its two ends (the rollout engine's order)."""
+    through every pass (the rollout engine's ``interpolation_pass``)."""
     seq, spacing = keys, factor ** len(passes)
     for interpolate in passes:
-        step, out = spacing // factor, [seq[:, :1]]
-        for j in range(seq.shape[1] - 1):
-            idx = [j * spacing + i * step for i in range(factor + 1)]
-            filled = interpolate(seq[:, j: j + 2], window_condition(sample, idx), generator)
-            out.append(torch.cat([filled[:, 1:factor], seq[:, j + 1: j + 2]], dim=1))
-        seq, spacing = torch.cat(out, dim=1), step
+        filled = interpolation_pass(seq[:, 1:], seq[:, :1], 0, spacing, factor, interpolate, generator,
+                                    lambda idx: window_condition(sample, idx))
+        seq, spacing = torch.cat([seq[:, :1], filled], dim=1), spacing // factor
     return seq
 
 

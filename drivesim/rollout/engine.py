@@ -157,6 +157,23 @@ def _ego_tensors(ego: EgoSeries) -> dict[str, torch.Tensor | None]:
             "ego_known": torch.from_numpy(ego.known.astype(bool))[None]}
 
 
+def interpolation_pass(seq: torch.Tensor, prev: torch.Tensor, base: int, spacing: int, r: int,
+                       interpolate: Interpolate, generator: torch.Generator,
+                       condition: Callable[[list[int]], SegmentCondition]) -> torch.Tensor:
+    """One interpolation pass: ``seq`` [1,n,C,h,w] at output frames base + spacing * (1..n)
+    (``prev`` at ``base``) -> [1, n*r, C, h, w] at base + (spacing / r) * (1..n*r), each gap
+    filled from its two ends in order; ``condition(output frame indices)`` gives a window's
+    conditioning."""
+    step, out = spacing // r, []
+    for j in range(seq.shape[1]):
+        idx = [base + j * spacing + i * step for i in range(r + 1)]
+        pair = torch.cat([prev, seq[:, j: j + 1]], dim=1)  # [1, 2, C, h, w]
+        filled = interpolate(pair, condition(idx), generator)  # [1, r + 1, C, h, w]
+        out.append(torch.cat([filled[:, 1:r], seq[:, j: j + 1]], dim=1))
+        prev = seq[:, j: j + 1]
+    return torch.cat(out, dim=1)
+
+
 class _Loop:
     """One rollout's mutable state; methods are the steps of :func:`run_rollout`.
 
@@ -209,18 +226,12 @@ class _Loop:
 
     def _fill(self, seq: torch.Tensor, prev: torch.Tensor, base: int, spacing: int, r: int,
               interpolate: Interpolate) -> torch.Tensor:
-        """One interpolation pass: ``seq`` [1,n,C,h,w] at output frames base + spacing * (1..n)
-        (``prev`` at ``base``) -> [1, n*r, C, h, w] at base + (spacing / r) * (1..n*r)."""
-        step, last, out = spacing // r, self.plan.num_output_frames - 1, []
-        for j in range(seq.shape[1]):
-            # output frames of the pair; past the drive's end (surplus of the last pair) hold
-            idx = [min(base + j * spacing + i * step, last) for i in range(r + 1)]
-            cond = segment_condition(self.job.scenario, idx, self.plan.output_fps, 2)
-            pair = torch.cat([prev, seq[:, j: j + 1]], dim=1)  # [1, 2, C, h, w]
-            filled = interpolate(pair, cond, self.generator)  # [1, r + 1, C, h, w]
-            out.append(torch.cat([filled[:, 1:r], seq[:, j: j + 1]], dim=1))
-            prev = seq[:, j: j + 1]
-        return torch.cat(out, dim=1)
+        """One interpolation pass over the scenario (see :func:`interpolation_pass`); output
+        frames past the drive's end (the surplus of the last pair) hold its final frame."""
+        last = self.plan.num_output_frames - 1
+        return interpolation_pass(
+            seq, prev, base, spacing, r, interpolate, self.generator,
+            lambda idx: segment_condition(self.job.scenario, [min(i, last) for i in idx], self.plan.output_fps, 2))
 
     def _outputs(self, keys: torch.Tensor, prev_key: torch.Tensor | None, first_key: int) -> torch.Tensor:
         """Output-rate latents for new key frames ``keys`` [1,k,C,h,w]: each key-frame gap goes

@@ -239,6 +239,17 @@ def _agree(eager_fn, compiled_fn, tol: float) -> None:
     assert (a - b).abs().max() <= tol * a.abs().max()
 
 
+def _agree_in_sampling_and_training(eager, compiled, x, t, cond) -> None:
+    """Eval-mode outputs within 1e-4 and training gradients within 1e-3 (relative to the largest)."""
+    with torch.no_grad():
+        _agree(lambda: eager.eval()(x, t, cond), lambda: compiled.eval()(x, t, cond), 1e-4)
+    eager.train()(x, t, cond).square().mean().backward()
+    compiled.train()(x, t, cond).square().mean().backward()
+    for a, b in zip(eager.parameters(), compiled.parameters(), strict=True):
+        if a.grad.abs().max() > 0:
+            _agree(lambda a=a: a.grad, lambda b=b: b.grad, 1e-3)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["image", "prediction", "interpolation"])
 def test_inductor_unet_matches_eager(kind, generator):
@@ -250,13 +261,7 @@ def test_inductor_unet_matches_eager(kind, generator):
     compiled.load_state_dict(eager.state_dict())
     compile_network(compiled)
     x, t, cond = unet_inputs(kind, generator)
-    with torch.no_grad():
-        _agree(lambda: eager.eval()(x, t, cond), lambda: compiled.eval()(x, t, cond), 1e-4)
-    eager.train()(x, t, cond).square().mean().backward()
-    compiled.train()(x, t, cond).square().mean().backward()
-    for a, b in zip(eager.parameters(), compiled.parameters(), strict=True):
-        if a.grad.abs().max() > 0:
-            _agree(lambda a=a: a.grad, lambda b=b: b.grad, 1e-3)
+    _agree_in_sampling_and_training(eager, compiled, x, t, cond)
 
 
 @pytest.mark.slow
@@ -284,10 +289,4 @@ def test_inductor_upsampler_matches_eager(generator):
     compile_network(compiled)
     x = torch.randn(1, 2, 3, 8, 16, generator=generator)
     t, cond = torch.full((1,), 300.0), Conditioning(lowres=x.clone(), regime=torch.tensor([2]))
-    with torch.no_grad():
-        _agree(lambda: eager.eval()(x, t, cond), lambda: compiled.eval()(x, t, cond), 1e-4)
-    eager.train()(x, t, cond).square().mean().backward()
-    compiled.train()(x, t, cond).square().mean().backward()
-    for a, b in zip(eager.parameters(), compiled.parameters(), strict=True):
-        if a.grad.abs().max() > 0:
-            _agree(lambda a=a: a.grad, lambda b=b: b.grad, 1e-3)
+    _agree_in_sampling_and_training(eager, compiled, x, t, cond)

@@ -51,7 +51,7 @@ def _array_key(x, np) -> tuple[int, int] | None:
             base = x if x.base is None else x.base
             return id(base), getattr(base, "nbytes", x.nbytes)
     except (ReferenceError, RuntimeError, NotImplementedError):
-        pass
+        return None  # holds no inspectable memory
     return None
 
 
