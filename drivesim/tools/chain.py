@@ -9,8 +9,10 @@ train`` runs them and ``drivesim demo`` runs a part of them on the synthetic wor
 rollouts and evaluation. Each training stage is one ``drivesim fit`` of the packaged size
 config; the chain passes what the configs leave open: the data (``--data.init_args.*``), the
 model file it writes (``RUN/<stage>/model.safetensors``), the file it starts from
-(``init_from``: temporal decoder <- autoencoder, video / interpolation <- image LDM) and the
-frozen autoencoder of the LDM stages (``autoencoder_path``). Every fit carries ``--ckpt_path
+(``init_from``: temporal decoder <- autoencoder, video / interpolation <- image LDM; with ``--init
+RUN`` also that run's files: ``init_from`` for the first stages and the upsampler, ``temporal_from``
+for the layers the later stages add) and the frozen autoencoder of the LDM stages
+(``autoencoder_path``). Every fit carries ``--ckpt_path
 last``, so a stopped stage resumes from its last checkpoint (``tools/pipeline.py`` keeps its
 folder only for the same settings). Layout and options: docs/training.md.
 """
@@ -39,7 +41,9 @@ class FitStage:
     (``clips`` at the training size, ``latents``, ``hr`` clips at the upsampler's size), the
     chain stage whose model file it starts from, whether it needs the frozen autoencoder, and
     whether a run given ``--init`` starts it from that run's file of the same stage (then the
-    config's architecture block ``arch`` is cleared: the file states it)."""
+    config's architecture block ``arch`` is cleared: the file states it), or, for a stage that adds
+    layers to its ``init_from`` (``temporal_same``), takes those added layers from that run's file
+    of the same stage (``temporal_from``) while the rest comes from this run's earlier stage."""
 
     config: str
     source: str
@@ -48,16 +52,19 @@ class FitStage:
     init_same: bool = False
     arch: str | None = None
     boxes: bool = False
+    temporal_same: bool = False
 
 
 FIT_STAGES: dict[str, FitStage] = {
     "autoencoder": FitStage("autoencoder/{size}.yaml", "clips", init_same=True, arch="autoencoder"),
-    "autoencoder_temporal": FitStage("autoencoder/temporal_{size}.yaml", "clips", init_from="autoencoder"),
+    "autoencoder_temporal": FitStage("autoencoder/temporal_{size}.yaml", "clips", init_from="autoencoder",
+                                     temporal_same=True),
     "image_ldm": FitStage("image_ldm/{size}.yaml", "latents", autoencoder=True, init_same=True, boxes=True),
-    "video_ldm": FitStage("video_ldm/{size}.yaml", "latents", init_from="image_ldm", autoencoder=True, boxes=True),
+    "video_ldm": FitStage("video_ldm/{size}.yaml", "latents", init_from="image_ldm", autoencoder=True, boxes=True,
+                          temporal_same=True),
     "interpolation": FitStage("video_ldm/interp_{size}.yaml", "latents", init_from="image_ldm", autoencoder=True,
-                              boxes=True),
-    "upsampler": FitStage("upsampler/{size}.yaml", "hr"),
+                              boxes=True, temporal_same=True),
+    "upsampler": FitStage("upsampler/{size}.yaml", "hr", init_same=True, arch="upsampler"),
 }
 ORDER = ("data", "autoencoder", "autoencoder_temporal", "latents", "image_ldm", "video_ldm", "interpolation",
          "upsampler")
@@ -303,12 +310,23 @@ def init_file(spec: ChainSpec, name: str) -> Path | None:
     if fs.init_from is not None:
         return model_file(spec.run, fs.init_from)
     if spec.init is not None and fs.init_same:
-        path = model_file(Path(spec.init), name)
-        if not path.is_file():
-            raise DriveSimInputError(f"the run to start from has no {name} model", path=path, field="INIT",
-                                     value=str(spec.init))
-        return path
+        return _init_run_file(spec, name)
     return None
+
+
+def temporal_file(spec: ChainSpec, name: str) -> Path | None:
+    """With ``--init``: the file of the same stage whose added (temporal) layers the stage takes."""
+    if spec.init is None or not FIT_STAGES[name].temporal_same:
+        return None
+    return _init_run_file(spec, name)
+
+
+def _init_run_file(spec: ChainSpec, name: str) -> Path:
+    path = model_file(Path(spec.init), name)
+    if not path.is_file():
+        raise DriveSimInputError(f"the run to start from has no {name} model", path=path, field="INIT",
+                                 value=str(spec.init))
+    return path
 
 
 def fit_stage(spec: ChainSpec, name: str, plan: DataPlan, minutes: float | None) -> Stage:
@@ -329,6 +347,10 @@ def fit_stage(spec: ChainSpec, name: str, plan: DataPlan, minutes: float | None)
         argv += (["--model.init_args." + fs.arch, "null"] if fs.arch and fs.init_from is None else [])
         argv += ["--model.init_args.init_from", str(init)]
         inputs.append(init)
+    temporal = temporal_file(spec, name)
+    if temporal is not None:
+        argv += ["--model.init_args.temporal_from", str(temporal)]
+        inputs.append(temporal)
     if fs.boxes and not plan.info.boxes:  # footage without boxes: every sample gets the learned null box token
         argv += ["--model.init_args.drop_boxes", "1.0"]
     if minutes is not None:

@@ -46,7 +46,7 @@ from drivesim.models.lpips import LPIPS, load_lpips
 from drivesim.training.budget import budget_progress, check_schedule, lr_factor, make_adam
 from drivesim.training.checkpoints import attach_model_to_checkpoint, save_model_file
 from drivesim.training.rng import step_generator
-from drivesim.training.stage_networks import stage_autoencoder
+from drivesim.training.stage_networks import load_added_layers, stage_autoencoder, state_keys
 from drivesim.utils.io import DriveSimInputError
 
 STAGES = ("image", "temporal")
@@ -56,7 +56,9 @@ class AutoencoderModule(LightningModule):
     """Trains an :class:`AutoencoderKL`; the constructor arguments are the YAML config.
 
     The network: ``autoencoder`` (image stage) or the model file ``init_from`` (temporal stage,
-    or an image stage continued), never both (``training/stage_networks.py``). The rest are
+    or an image stage continued), never both (``training/stage_networks.py``); a temporal stage's
+    ``temporal_from`` (another run's temporal model file) gives its temporal blocks and alphas
+    that file's trained weights instead of their identity init. The rest are
     training settings:
 
     - losses (``models/autoencoder_losses.py``): ``kl_weight``, ``l2_weight`` (adds ``w_2 * sum
@@ -79,7 +81,8 @@ class AutoencoderModule(LightningModule):
     """
 
     def __init__(self, autoencoder: AutoencoderKL | None = None, stage: str = "image", init_from: str | None = None,
-                 temporal_kernel: int | None = None, temporal_spatial_kernel: int | None = None,
+                 temporal_from: str | None = None, temporal_kernel: int | None = None,
+                 temporal_spatial_kernel: int | None = None,
                  freeze_spatial_decoder: bool = False, learning_rate: float = 4.5e-6,
                  disc_learning_rate: float | None = None, kl_weight: float = 1e-6, l2_weight: float = 0.0,
                  lpips_path: str | None = None, lpips_weight: float = 1.0, flicker_weight: float = 0.0,
@@ -95,6 +98,11 @@ class AutoencoderModule(LightningModule):
         self.save_hyperparameters(ignore=["autoencoder"])
         self.automatic_optimization = False
         self.autoencoder = stage_autoencoder(stage, autoencoder, init_from, temporal_kernel, temporal_spatial_kernel)
+        if temporal_from:
+            if stage != "temporal":
+                raise DriveSimInputError("temporal_from gives a temporal stage the trained temporal decoder layers of "
+                                         "another run's file", field="temporal_from", value=temporal_from)
+            load_added_layers(self.autoencoder, state_keys(init_from), temporal_from, "autoencoder")
         if train_crop is not None:
             self.hparams.train_crop = _check_crop(train_crop, self.autoencoder.downsample_factor)
         disc_cls = VideoDiscriminator3d if stage == "temporal" else PatchDiscriminator2d

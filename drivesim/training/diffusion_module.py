@@ -44,7 +44,13 @@ from drivesim.training.budget import budget_progress, check_schedule, lr_factor,
 from drivesim.training.checkpoints import attach_model_to_checkpoint, save_model_file
 from drivesim.training.rng import step_generator
 from drivesim.training.sample_grid import log_sample_grid
-from drivesim.training.stage_networks import TemporalLayers, as_temporal_layers, stage_unet
+from drivesim.training.stage_networks import (
+    TemporalLayers,
+    as_temporal_layers,
+    load_added_layers,
+    stage_unet,
+    state_keys,
+)
 from drivesim.utils.io import DriveSimInputError
 
 STAGES = ("image", "video", "interpolation")
@@ -67,6 +73,9 @@ class LatentDiffusionModule(LightningModule):
         init_from: image-LDM checkpoint (.ckpt / model file). Video stages: its UNet config and
             spatial weights are the video UNet's spatial part (temporal layers start new); image
             stage: the full weights for the configured ``unet``.
+        temporal_from: video stages: a trained model file of the same stage (another run's) whose
+            temporal, context and ego layers replace the new ones at their init; the spatial
+            layers stay ``init_from``'s (``drivesim train --init RUN`` passes it).
         temporal_layers: video stages: what they add to the image UNet of ``init_from``
             (``TemporalLayers``: max_frames, alpha_mode, use_context, context_channels,
             context_input, num_regimes (interpolation: 2), ...); the spatial keys are never restated.
@@ -105,7 +114,7 @@ class LatentDiffusionModule(LightningModule):
 
     def __init__(self, unet: UNet | None = None, stage: str = "image", autoencoder_path: str | None = None,
                  init_from: str | None = None, temporal_layers: TemporalLayers | None = None,
-                 prediction: str = "v", num_train_steps: int = 1000,
+                 temporal_from: str | None = None, prediction: str = "v", num_train_steps: int = 1000,
                  schedule: str = "linear", beta_start: float = 0.0015, beta_end: float = 0.0195,
                  drop_boxes: float = 0.1, drop_labels: float = 0.1, drop_context: float = 0.1,
                  drop_ego: float = 0.1,
@@ -137,6 +146,13 @@ class LatentDiffusionModule(LightningModule):
         self.autoencoder = _load_frozen_autoencoder(autoencoder_path)
         if init_from and not initialised:
             self._init_from(init_from)
+        if temporal_from:
+            if stage == "image" or not init_from:
+                raise DriveSimInputError("temporal_from adds a video stage's trained layers to the image model of "
+                                         "init_from; set both, in a video or interpolation stage",
+                                         field="temporal_from", value=temporal_from)
+            role = "prediction" if stage == "video" else "interpolation"
+            load_added_layers(self.unet, state_keys(init_from), temporal_from, role)
         self._freeze_untrained_groups()
         self._data_info: dict[str, Any] = {}
         check_compile_mode(compile_mode)

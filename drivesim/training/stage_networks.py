@@ -15,9 +15,12 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import nn
+
 from drivesim.inference import load_model
 from drivesim.models.autoencoder import HPARAM_NAMES, MODEL_KIND, AutoencoderKL
-from drivesim.models.model_files import load_model_file
+from drivesim.models.model_files import load_model_file, read_model_file
 from drivesim.models.unet import UNet
 from drivesim.utils.io import DriveSimInputError
 
@@ -197,3 +200,38 @@ def _temporal_config(path: str | Path, hparams: dict[str, Any], wanted: dict[str
         else:
             out[name] = AE_TEMPORAL_DEFAULTS[name] if value is None else int(value)
     return out
+
+
+# -- continuing another run's later stages -------------------------------------------------
+def load_added_layers(network: nn.Module, base_keys: set[str], path: str | Path, role: str) -> list[str]:
+    """Copy into ``network`` the weights that its earlier-stage file left at their init (every
+    state key not in ``base_keys``: temporal, context and ego layers, alpha blends) from model file
+    ``path`` of the same ``role``, another run's trained stage (``temporal_from``). The spatial
+    weights stay the earlier stage's: Video LDM keeps the image model's layers and learns only what
+    it adds. Returns the copied keys; a key absent or of another shape is refused, naming it."""
+    other = load_model(path, role).network.state_dict()
+    own = network.state_dict()
+    added = sorted(k for k in own if k not in base_keys)
+    if not added:
+        raise DriveSimInputError("the network adds no layers to its earlier stage, so there is nothing to take",
+                                 path=path, field="temporal_from")
+    missing = [k for k in added if k not in other]
+    extra = sorted(k for k in other if k not in own and k not in base_keys)
+    if missing or extra:
+        which = f"lacks layers the stage adds (e.g. {missing[:2]})" if missing else \
+            f"has layers the stage does not add (e.g. {extra[:2]})"
+        raise DriveSimInputError(f"this {role} file {which}: its temporal settings differ from the config's",
+                                 path=path, field="temporal_from")
+    wrong = [f"{k} {tuple(other[k].shape)} vs {tuple(own[k].shape)}" for k in added if other[k].shape != own[k].shape]
+    if wrong:
+        raise DriveSimInputError(f"layer shapes differ from the config's: {wrong[:2]}", path=path,
+                                 field="temporal_from")
+    with torch.no_grad():
+        for key in added:
+            own[key].copy_(other[key])
+    return added
+
+
+def state_keys(path: str | Path) -> set[str]:
+    """The state-dict keys of the network in model file (or checkpoint) ``path``."""
+    return set(read_model_file(path)[2])

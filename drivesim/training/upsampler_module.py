@@ -35,7 +35,7 @@ from drivesim.diffusion.losses import diffusion_loss
 from drivesim.diffusion.masks import masked_context, sample_context_masks
 from drivesim.diffusion.parameterization import check_prediction
 from drivesim.diffusion.schedule import DiscreteVPSchedule
-from drivesim.inference import ModelRecord, upsampler_record
+from drivesim.inference import ModelRecord, load_model, upsampler_record
 from drivesim.inference.upsampling import upsample_clip
 from drivesim.models.compile import check_compile_mode, compile_network
 from drivesim.models.conditioning import Conditioning
@@ -59,6 +59,9 @@ class UpsamplerModule(LightningModule):
         upsampler: the network (``class_path: drivesim.models.upsampler.VideoUpsampler``); its
             ``scale`` sets the low resolution (frame size / scale), its ``max_aug_level`` the
             augmentation range.
+        init_from: an ``upsampler`` model file to continue from (another run's, ``drivesim train
+            --init RUN``): its network and weights, in place of an ``upsampler`` block (never both);
+            its prediction and schedule must equal this config's.
         prediction, num_train_steps, schedule, beta_start, beta_end: the VP schedule of both the
             diffusion and the noise augmentation (pixel space: ``cosine``).
         aug_level: the augmentation level used at inference (paper: 150), stored in the model file.
@@ -76,7 +79,8 @@ class UpsamplerModule(LightningModule):
             CUDA, ``reduce-overhead``.
     """
 
-    def __init__(self, upsampler: VideoUpsampler, prediction: str = "v", num_train_steps: int = 1000,
+    def __init__(self, upsampler: VideoUpsampler | None = None, init_from: str | None = None,
+                 prediction: str = "v", num_train_steps: int = 1000,
                  schedule: str = "cosine", beta_start: float = 0.0015, beta_end: float = 0.0195,
                  aug_level: int = 150, patch_size: Sequence[int] | None = (128, 128),
                  context_probs: Sequence[float] = (0.25, 0.0, 0.75), image_prob: float = 0.25,
@@ -91,8 +95,15 @@ class UpsamplerModule(LightningModule):
         check_compile_mode(compile_mode)
         check_prediction(prediction)
         check_schedule(warmup_steps, lr_decay_fraction)
+        if init_from is not None:
+            if upsampler is not None:
+                raise DriveSimInputError("the network comes from init_from, so an upsampler block would state it "
+                                         "twice; remove one (--model.init_args.upsampler null)", field="upsampler",
+                                         value=type(upsampler).__name__)
+            upsampler = _upsampler_from_file(init_from, prediction, num_train_steps, schedule, beta_start, beta_end)
         if not isinstance(upsampler, VideoUpsampler):
-            raise DriveSimInputError("expected a VideoUpsampler", field="upsampler", value=type(upsampler).__name__)
+            raise DriveSimInputError("expected a VideoUpsampler (an upsampler block) or init_from", field="upsampler",
+                                     value=type(upsampler).__name__)
         if not (isinstance(aug_level, int) and 0 <= aug_level <= upsampler.max_aug_level):
             raise DriveSimInputError(f"expected an int in [0, {upsampler.max_aug_level}] (max_aug_level)",
                                      field="aug_level", value=aug_level)
@@ -262,3 +273,19 @@ def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """PSNR in dB per clip of frames in [-1, 1]: ``[B,T,C,H,W]`` pair -> ``[B]``."""
     mse = ((x.float().clamp(-1, 1) - y.float()) / 2.0).pow(2).flatten(1).mean(dim=1)
     return 10.0 * torch.log10(1.0 / mse.clamp(min=1e-10))
+
+
+def _upsampler_from_file(path: str, prediction: str, num_steps: int, kind: str, beta_start: float,
+                         beta_end: float) -> VideoUpsampler:
+    """The network of ``upsampler`` model file ``path`` with its weights, in training mode; its
+    diffusion settings must be the config's (a continued network learned those targets)."""
+    record = load_model(path, "upsampler")
+    schedule = record.hparams.get("schedule", {})
+    pairs = {"prediction": (record.hparams.get("prediction"), prediction),   # config field: (file, config)
+             "num_train_steps": (schedule.get("num_steps"), num_steps), "schedule": (schedule.get("kind"), kind),
+             "beta_start": (schedule.get("beta_start"), beta_start), "beta_end": (schedule.get("beta_end"), beta_end)}
+    for name, (found, stated) in pairs.items():
+        if found != stated:
+            raise DriveSimInputError(f"init_from was trained with {name}={found!r}", path=path, field=name,
+                                     value=stated)
+    return record.network.train()

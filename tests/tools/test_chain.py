@@ -138,7 +138,7 @@ def test_one_stage_takes_earlier_files_from_the_run_folder(tmp_path):
     assert {p: p.read_text() for p in run.glob("*/model.safetensors")} == before
 
 
-def test_init_starts_the_first_stages_from_another_run(tmp_path):
+def test_init_starts_every_stage_from_another_run(tmp_path):
     other = tmp_path / "world"
     run_chain(ChainSpec(run=other, data="synthetic"), runner=_outputs_only)
     stages = {s.name: s for s in chain_stages(ChainSpec(run=tmp_path / "mine", data="synthetic", init=other))}
@@ -146,8 +146,21 @@ def test_init_starts_the_first_stages_from_another_run(tmp_path):
     assert _flag(ae, "--model.init_args.init_from") == str(other / "autoencoder" / "model.safetensors")
     assert _flag(ae, "--model.init_args.autoencoder") == "null"  # the architecture comes from the file
     assert _flag(stages["image_ldm"].argv, "--model.init_args.init_from") == str(other / "image_ldm" / "model.safetensors")
-    assert _flag(stages["video_ldm"].argv, "--model.init_args.init_from") == str(tmp_path / "mine" / "image_ldm" /
-                                                                                 "model.safetensors")
+    mine = tmp_path / "mine"
+    for name, earlier in (("autoencoder_temporal", "autoencoder"), ("video_ldm", "image_ldm"),
+                          ("interpolation", "image_ldm")):  # this run's earlier stage + the other's added layers
+        argv = stages[name].argv
+        assert _flag(argv, "--model.init_args.init_from") == str(mine / earlier / "model.safetensors")
+        assert _flag(argv, "--model.init_args.temporal_from") == str(other / name / "model.safetensors")
+    up = stages["upsampler"].argv
+    assert _flag(up, "--model.init_args.init_from") == str(other / "upsampler" / "model.safetensors")
+    assert _flag(up, "--model.init_args.upsampler") == "null"
+    plain = {s.name: s.argv for s in chain_stages(ChainSpec(run=mine, data="synthetic"))}
+    assert not any("--model.init_args.temporal_from" in argv for argv in plain.values())
+    assert "--model.init_args.init_from" not in plain["upsampler"]
+    (other / "interpolation" / "model.safetensors").unlink()
+    with pytest.raises(DriveSimInputError, match="field 'INIT'.*no interpolation model"):
+        chain_stages(ChainSpec(run=mine, data="synthetic", init=other))
     run_chain(ChainSpec(run=tmp_path / "base_run", data="synthetic", size="base", stages=("data",)),
               runner=_outputs_only)
     with pytest.raises(DriveSimInputError, match="size 'base'"):

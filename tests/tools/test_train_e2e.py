@@ -70,10 +70,17 @@ def test_a_stopped_stage_resumes_from_its_last_checkpoint(trained, caplog):
 def test_a_run_starts_from_another_runs_models(trained):
     root, spec, _ = trained
     other = ChainSpec(run=root / "runs" / "finetuned", data=spec.data, config_root=spec.config_root, init=spec.run,
-                      stages=("data", "autoencoder", "autoencoder_temporal", "latents", "image_ldm", "video_ldm"),
                       progress=False)
     results = run_chain(other, runner=_in_process)
     assert not any(r.skipped for r in results)
-    stamp = (other.run / ".stamps" / "autoencoder.done.json").read_text()
-    assert str(spec.run / "autoencoder" / "model.safetensors") in stamp  # init_from the first run's file
-    assert sorted(resolve_run(other.run)) == ["autoencoder", "image", "video"]
+
+    def stamp(name):
+        return (other.run / ".stamps" / f"{name}.done.json").read_text()
+
+    for name in ("autoencoder", "image_ldm", "upsampler"):  # init_from the first run's file
+        assert str(spec.run / name / "model.safetensors") in stamp(name)
+    for name, earlier in (("autoencoder_temporal", "autoencoder"), ("video_ldm", "image_ldm"),
+                          ("interpolation", "image_ldm")):  # this run's spatial layers, the first run's temporal
+        assert str(other.run / earlier / "model.safetensors") in stamp(name)
+        assert str(spec.run / name / "model.safetensors") in stamp(name)
+    assert sorted(resolve_run(other.run)) == ["autoencoder", "image", "interpolation", "upsampler", "video"]

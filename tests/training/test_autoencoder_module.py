@@ -141,6 +141,31 @@ def test_a_later_stage_takes_the_architecture_from_its_init_file(tmp_path):
         AutoencoderModule(stage="image", init_from=str(tfile), **TRAIN)
 
 
+def test_temporal_from_takes_another_runs_temporal_decoder_layers(tmp_path):
+    """``drivesim train --init RUN``: this run's (fine-tuned) autoencoder with the other run's trained
+    temporal blocks and alphas; the kernels must agree."""
+    theirs_image, mine_image = small_ae(), small_ae()
+    _fill(theirs_image.named_parameters(), seed=1)
+    _fill(mine_image.named_parameters(), seed=2)
+    mine_image.set_scale_factor(0.25)
+    theirs = temporal_module(_save(tmp_path, "theirs_image.pt", theirs_image)).autoencoder
+    _fill(theirs.named_parameters(), seed=3)  # "trained": every layer away from its init
+    theirs.set_scale_factor(0.5)
+    their_file = _save(tmp_path, "theirs_temporal.pt", theirs)
+    mine_file = _save(tmp_path, "mine_image.pt", mine_image)
+    mine = temporal_module(mine_file, temporal_from=str(their_file)).autoencoder
+    image_keys = set(mine_image.state_dict())
+    added = [k for k in mine.state_dict() if k not in image_keys]
+    assert added and any("temporal" in k for k in added)
+    for key, value in mine.state_dict().items():
+        expected = (theirs if key in added else mine_image).state_dict()[key]
+        assert torch.equal(value, expected), key
+    with pytest.raises(DriveSimInputError, match="field 'temporal_from'.*shapes differ"):
+        temporal_module(mine_file, temporal_from=str(their_file), temporal_kernel=5)
+    with pytest.raises(DriveSimInputError, match="field 'temporal_from'.*temporal stage"):
+        AutoencoderModule(stage="image", init_from=str(mine_file), temporal_from=str(their_file), **TRAIN)
+
+
 def test_constructor_errors_name_the_field(tmp_path):
     image_file = _save(tmp_path, "image.pt", small_ae())
     with pytest.raises(DriveSimInputError, match="field 'stage'"):

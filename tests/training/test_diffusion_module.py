@@ -285,6 +285,44 @@ def test_video_stage_takes_its_spatial_unet_from_init_from(tmp_path):
                               temporal_layers=TemporalLayers(**{**VIDEO_LAYERS, "max_frames": 4}, num_regimes=2))
 
 
+def test_temporal_from_continues_another_runs_temporal_layers_on_this_runs_image_model(tmp_path, stage="video"):
+    """``drivesim train --init RUN``: the video stage keeps this run's (fine-tuned) spatial layers
+    and takes the trained temporal, context and ego layers of the other run's video file."""
+    image = LatentDiffusionModule(tiny_unet(), num_val_samples=0)
+    perturb(image, seed=1)
+    (tmp_path / "theirs").mkdir()
+    their_image = save_image_unet(tmp_path / "theirs", image.unet)
+    theirs = video_module(tmp_path, their_image, unet={"use_ego": True})
+    perturb(theirs, seed=2)  # "trained" temporal layers: away from their identity init
+    their_video = save_model_file(tmp_path / "their_video.pt", UNET_KIND, theirs.model_hparams(),
+                                  theirs.unet.state_dict())
+    perturb(image, seed=3)  # this run's image model: fine-tuned away from theirs
+    mine_image = save_image_unet(tmp_path, image.unet)
+    mine = video_module(tmp_path, mine_image, unet={"use_ego": True}, temporal_from=str(their_video))
+    spatial = set(image.unet.state_dict())
+    added = [k for k in mine.unet.state_dict() if k not in spatial]
+    assert any(parameter_group(k) == "ego" for k in added) and any(k.endswith(".blend.mix") for k in added)
+    for key, value in mine.unet.state_dict().items():
+        expected = (theirs.unet if key in added else image.unet).state_dict()[key]
+        assert torch.equal(value, expected), key
+    fresh = video_module(tmp_path, mine_image, unet={"use_ego": True})  # without it: identity init
+    assert not all(torch.equal(fresh.unet.state_dict()[k], mine.unet.state_dict()[k]) for k in added)
+    # another temporal architecture, a wrong role and a missing init_from are refused by name
+    with pytest.raises(DriveSimInputError, match="field 'temporal_from'.*shapes differ.*blend.mix"):
+        video_module(tmp_path, mine_image, unet={"use_ego": True, "max_frames": 4}, temporal_from=str(their_video))
+    with pytest.raises(DriveSimInputError, match="field 'temporal_from'.*has layers the stage does not add.*ego"):
+        video_module(tmp_path, mine_image, unet={"use_ego": False}, temporal_from=str(their_video))
+    no_ego = video_module(tmp_path, mine_image, unet={"use_ego": False})
+    plain = save_model_file(tmp_path / "plain.pt", UNET_KIND, no_ego.model_hparams(), no_ego.unet.state_dict())
+    with pytest.raises(DriveSimInputError, match="field 'temporal_from'.*lacks layers the stage adds.*ego"):
+        video_module(tmp_path, mine_image, unet={"use_ego": True}, temporal_from=str(plain))
+    with pytest.raises(DriveSimInputError, match="not an interpolation"):
+        video_module(tmp_path, mine_image, stage="interpolation", unet={"use_ego": True, "num_regimes": 2},
+                     temporal_from=str(their_video))
+    with pytest.raises(DriveSimInputError, match="field 'temporal_from'"):
+        LatentDiffusionModule(tiny_unet(), temporal_from=str(their_video))
+
+
 def test_a_setting_stated_twice_or_missing_names_its_field(tmp_path):
     image_file = save_image_unet(tmp_path, tiny_unet())
     with pytest.raises(DriveSimInputError, match="field 'unet'.*from init_from"):  # spatial keys for a video stage

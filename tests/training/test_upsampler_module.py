@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from drivesim.inference import load_model
 from drivesim.inference.upsampling import UpsamplerSampler, upsample_clip
-from drivesim.models.model_files import read_model_file
+from drivesim.models.model_files import read_model_file, save_model_file
 from drivesim.models.upsampler import (
     UPSAMPLER_KIND,
     VideoUpsampler,
@@ -172,6 +172,29 @@ def test_checkpoint_carries_the_model_file(tmp_path):
     assert kind == UPSAMPLER_KIND and hparams["network"] == m.upsampler.config
     net = load_model(tmp_path / "last.ckpt", "upsampler").network
     assert set(net.state_dict()) == set(state)
+
+
+def test_init_from_continues_another_runs_upsampler(tmp_path):
+    """``drivesim train --init RUN``: the network and weights of the other run's upsampler file, in
+    place of the config's block; diffusion settings that differ from the file's are refused."""
+    trained = module()
+    with torch.no_grad():
+        for p in trained.upsampler.parameters():
+            p.add_(0.01)  # away from any init
+    path = save_model_file(tmp_path / "upsampler.safetensors", UPSAMPLER_KIND, trained.model_hparams(),
+                           trained.upsampler.state_dict())
+    continued = UpsamplerModule(init_from=str(path), aug_level=10, patch_size=(8, 16))
+    assert continued.upsampler.config == trained.upsampler.config and continued.upsampler.training
+    for key, value in trained.upsampler.state_dict().items():
+        assert torch.equal(continued.upsampler.state_dict()[key], value), key
+    with pytest.raises(DriveSimInputError, match="field 'prediction'.*trained with prediction='v'"):
+        UpsamplerModule(init_from=str(path), prediction="eps", aug_level=10, patch_size=(8, 16))
+    with pytest.raises(DriveSimInputError, match="field 'schedule'"):
+        UpsamplerModule(init_from=str(path), schedule="linear", aug_level=10, patch_size=(8, 16))
+    with pytest.raises(DriveSimInputError, match="field 'upsampler'.*twice"):
+        UpsamplerModule(VideoUpsampler(**NET), init_from=str(path), aug_level=10, patch_size=(8, 16))
+    with pytest.raises(DriveSimInputError, match="field 'upsampler'.*or init_from"):
+        UpsamplerModule(aug_level=10, patch_size=(8, 16))
 
 
 def test_upsample_clip_chunks_reimpose_context_and_are_seeded():
