@@ -1,6 +1,7 @@
 """C2ST calibration: real against real, and real against degraded real (blur, noise, frame shuffling).
 
     python benchmarks/eval_c2st_calibration.py [--real DIR] [--clips 64] [--steps 300]
+        [--frame-size 64x128] [--clip-size 32x64]
 
 Without ``--real`` it exports ``--clips`` synthetic-world clips (``drivesim data synth``) into
 a temporary folder; with it, any clip-format dataset or mp4 folder is used (real footage too).
@@ -10,7 +11,7 @@ null, expected near 0.5) and degraded (``drivesim.metrics.degrade``): Gaussian b
 noise and shuffled frame order (appearance unchanged: only the clip variant should see it).
 
 Each row runs ``evaluate_videos(..., metrics="c2st")`` with the default ``C2STConfig`` (except
-``--steps``) and prints held-out accuracy with its Wilson and clustered 95% intervals for the
+``--steps`` and the input sizes) and prints held-out accuracy with its Wilson and clustered 95% intervals for the
 frame and clip variants, and the wall time of the row. The machine's load average is printed
 too: the accuracies do not depend on it, the times do.
 """
@@ -49,6 +50,8 @@ def _args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--blur", type=float, default=1.0, help="Gaussian blur sigma (pixels)")
     p.add_argument("--noise", type=float, default=8.0, help="Gaussian noise sigma (grey levels)")
     p.add_argument("--cases", default="real,blur,noise,shuffle")
+    p.add_argument("--frame-size", default="64x128", help="the frame variant's input size (--c2st-frame-size)")
+    p.add_argument("--clip-size", default="32x64", help="the clip variant's input size (--c2st-clip-size)")
     return p.parse_args(argv)
 
 
@@ -58,6 +61,11 @@ def _export(args: argparse.Namespace, out: Path) -> Path:
            str(args.seed), "--val-fraction", "0", "--no-progress"]
     subprocess.run(cmd, check=True)
     return out
+
+
+def _hw(text: str) -> tuple[int, int]:
+    h, w = (int(v) for v in text.lower().split("x"))
+    return h, w
 
 
 def _interval(ci: list[float]) -> str:
@@ -88,7 +96,7 @@ def main(argv: list[str]) -> int:
                   "noise": f"vs noise {args.noise:g}", "shuffle": "vs shuffled"}
         protocol = EvalProtocol(window_seconds=None, frame_stride=args.stride,
                                 c2st_clips_per_video=args.clips_per_video, c2st_max_clips=10_000)
-        cfg = replace(C2STConfig(), steps=args.steps)
+        cfg = replace(C2STConfig(), steps=args.steps, frame_size=_hw(args.frame_size), clip_size=_hw(args.clip_size))
         print(f"{root}: {len(real)} real / {len(other)} compared videos; load average {os.getloadavg()[0]:.1f}")
         print(f"C2STConfig {cfg}")
         print(f"{'case':<18} {'frame acc':>6} {'Wilson 95%':<16} {'clustered 95%':<16}   "

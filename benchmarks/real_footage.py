@@ -2,6 +2,7 @@
 
     python benchmarks/real_footage.py --footage DIR --held-out NAME.mp4 [--work runs/real_footage]
         [--synthetic-run RUN] [--minutes 8] [--synthetic-minutes 8] [--seconds 60] [--steps 5]
+        [--stacks synthetic,real,real_init] [--coarse-size 16x32]
 
 Every step is a `drivesim` command (printed as it runs) or the Python API:
 
@@ -10,7 +11,8 @@ Every step is a `drivesim` command (printed as it runs) or the Python API:
 2. Three stacks, stages data -> autoencoder -> temporal decoder -> latents -> image LDM -> video LDM
    at the tiny size: ``synthetic`` (`drivesim train --data synthetic`, or ``--synthetic-run``),
    ``real`` (the footage, from scratch) and ``real_init`` (the footage, ``--init`` the synthetic
-   run's models), the two real ones with the same ``--minutes`` budget.
+   run's models: every stage, the video stage's temporal layers included), the two real ones
+   with the same ``--minutes`` budget.
 3. Autoencoder PSNR of each stack on the held-out video (64x128 centre crop, 6-frame windows at
    10 fps through the temporal decoder).
 4. Rollouts of ``--seconds`` from real start frames (the held-out video's first frame, and the first
@@ -19,7 +21,9 @@ Every step is a `drivesim` command (printed as it runs) or the Python API:
    footage converted to the training framing (64x128 centre crop, 5-s clips) at the rollouts' 2 fps,
    with its Wilson and clustered 95% intervals; the same against the real clips passed through the
    stack's own autoencoder (what the diffusion models lose beyond the autoencoder's blur), and those
-   reconstructions against the real clips (the autoencoder alone). Frames at 0, 5, 30 and 60 s are
+   reconstructions against the real clips (the autoencoder alone). Each is also run with the
+   frame variant at ``--coarse-size`` (``--c2st-frame-size``): fine texture and blur left out,
+   the scene's look (colours, layout) compared. Frames at 0, 5, 30 and 60 s are
    written as PNGs and one grid PNG (rows: stack x start, columns: the real start frame, then 0, 5,
    30, 60 s).
 
@@ -44,6 +48,7 @@ STAGES = ("data", "autoencoder", "autoencoder_temporal", "latents", "image_ldm",
 FAST_FIT = ("--trainer.enable_progress_bar", "false", "--trainer.limit_val_batches", "2",
             "--trainer.num_sanity_val_steps", "0")
 TIMES = (0.0, 5.0, 30.0, 60.0)
+STACKS = ("synthetic", "real", "real_init")
 SIZE = (64, 128)
 
 
@@ -58,7 +63,17 @@ def _args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=60.0, help="rollout length")
     p.add_argument("--steps", type=int, default=5, help="sampler steps per rollout segment")
     p.add_argument("--c2st-steps", type=int, default=300)
-    return p.parse_args(argv)
+    p.add_argument("--stacks", default=",".join(STACKS), help="comma-separated subset of " + ", ".join(STACKS))
+    p.add_argument("--coarse-size", default="16x32", help="the coarse C2ST frame size, HxW ('' = none)")
+    args = p.parse_args(argv)
+    args.stacks = [s for s in args.stacks.split(",") if s]
+    if not args.stacks or set(args.stacks) - set(STACKS):
+        p.error(f"--stacks: expected names from {STACKS}, got {args.stacks}")
+    if args.stacks == ["synthetic"]:
+        p.error("--stacks: the start frames come from a real stack's data; add real or real_init")
+    if "real_init" in args.stacks and "synthetic" not in args.stacks and not args.synthetic_run:
+        p.error("--stacks real_init starts from the synthetic stack: keep synthetic or give --synthetic-run")
+    return args
 
 
 def drivesim(*argv: str) -> None:
@@ -183,9 +198,10 @@ def rollouts(run: Path, name: str, starts: list[Path], work: Path, seconds: floa
     return root
 
 
-def c2st(fake: Path, real: Path, out: Path, steps: int) -> dict:
+def c2st(fake: Path, real: Path, out: Path, steps: int, frame_size: str | None = None) -> dict:
+    size = ["--c2st-frame-size", frame_size] if frame_size else []
     drivesim("eval", "--real", str(real), "--fake", str(fake), "--metrics", "c2st", "--fps", "2",
-             "--c2st-steps", str(steps), "--out", str(out), "--overwrite", "--no-progress")
+             "--c2st-steps", str(steps), *size, "--out", str(out), "--overwrite", "--no-progress")
     return json.loads(out.read_text())["c2st"]
 
 
@@ -232,33 +248,48 @@ def main(argv: list[str]) -> int:
     work = Path(args.work)
     start_time, load0 = time.monotonic(), os.getloadavg()[0]
     train_videos, held_out = split_footage(Path(args.footage), args.held_out, work)
-    synthetic = Path(args.synthetic_run) if args.synthetic_run else train(work / "synthetic", "synthetic",
-                                                                          args.synthetic_minutes)
-    runs = {"synthetic": synthetic, "real": train(work / "real", str(train_videos), args.minutes),
-            "real_init": train(work / "real_init", str(train_videos), args.minutes, init=synthetic)}
+    synthetic = Path(args.synthetic_run) if args.synthetic_run else (
+        train(work / "synthetic", "synthetic", args.synthetic_minutes) if "synthetic" in args.stacks else None)
+    runs = {"synthetic": synthetic}
+    if "real" in args.stacks:
+        runs["real"] = train(work / "real", str(train_videos), args.minutes)
+    if "real_init" in args.stacks:
+        runs["real_init"] = train(work / "real_init", str(train_videos), args.minutes, init=synthetic)
+    runs = {name: run for name, run in runs.items() if name in args.stacks}
     held_out_clips = convert(held_out, work / "held_out_clips", 4.0)
     real_clips = convert(Path(args.footage), work / "real_clips", 5.0)
-    starts = start_clips(work, held_out_clips, runs["real"])
+    starts = start_clips(work, held_out_clips, next(r for n, r in runs.items() if n != "synthetic"))
     report: dict = {"psnr_held_out": {n: autoencoder_psnr(r, held_out_clips) for n, r in runs.items()},
                     "steps": {n: training_steps(r) for n, r in runs.items()}}
-    report["c2st"], report["c2st_vs_recon"], report["c2st_recon"] = {}, {}, {}
-    for name, run in runs.items():
-        fake = rollouts(run, name, starts, work, args.seconds, args.steps)
-        recon = reconstructions(run, real_clips, work / "recon" / name)
-        report["c2st"][name] = c2st(fake, real_clips, work / "eval" / name / "report.json", args.c2st_steps)
-        report["c2st_vs_recon"][name] = c2st(fake, recon, work / "eval" / name / "vs_recon.json", args.c2st_steps)
-        report["c2st_recon"][name] = c2st(recon, real_clips, work / "eval" / name / "recon.json", args.c2st_steps)
+    sizes = {"": None, "_coarse": args.coarse_size or None}
+    for suffix, size in sizes.items():
+        if suffix and not size:
+            continue
+        report["c2st" + suffix], report["c2st_vs_recon" + suffix], report["c2st_recon" + suffix] = {}, {}, {}
+        for name, run in runs.items():
+            fake = rollouts(run, name, starts, work, args.seconds, args.steps)
+            recon = reconstructions(run, real_clips, work / "recon" / name)
+            out = work / "eval" / name
+            report["c2st" + suffix][name] = c2st(fake, real_clips, out / f"report{suffix}.json", args.c2st_steps, size)
+            report["c2st_vs_recon" + suffix][name] = c2st(fake, recon, out / f"vs_recon{suffix}.json",
+                                                          args.c2st_steps, size)
+            report["c2st_recon" + suffix][name] = c2st(recon, real_clips, out / f"recon{suffix}.json",
+                                                       args.c2st_steps, size)
     grid = save_frames(work, list(runs), starts)
     report.update(minutes=args.minutes, seconds=args.seconds, wall_minutes=(time.monotonic() - start_time) / 60,
                   load_average=[load0, os.getloadavg()[0]], grid=str(grid))
     (work / "report.json").write_text(json.dumps(report, indent=2))
     print("\ntraining steps per stage: " + "; ".join(f"{n} {steps}" for n, steps in report["steps"].items()))
     print("held-out autoencoder PSNR (dB): " + ", ".join(f"{n} {v:.2f}" for n, v in report["psnr_held_out"].items()))
-    for key, what in (("c2st", "rollouts vs real"), ("c2st_vs_recon", "rollouts vs the stack's AE reconstructions"),
-                      ("c2st_recon", "AE reconstructions vs real")):
-        print(f"\nC2ST, {what}:\n{'stack':<10} {'frame acc [Wilson 95%] [clustered 95%]':<56} clip acc")
-        for name, res in report[key].items():
-            print(f"{name:<10} {_cell(res['frame']):<56} {_cell(res['clip'])}")
+    for suffix, size in sizes.items():
+        if suffix and not size:
+            continue
+        at = f" (frame variant at {size})" if size else ""
+        for key, what in (("c2st", "rollouts vs real"), ("c2st_vs_recon", "rollouts vs the stack's AE reconstructions"),
+                          ("c2st_recon", "AE reconstructions vs real")):
+            print(f"\nC2ST{at}, {what}:\n{'stack':<10} {'frame acc [Wilson 95%] [clustered 95%]':<56} clip acc")
+            for name, res in report[key + suffix].items():
+                print(f"{name:<10} {_cell(res['frame']):<56} {_cell(res['clip'])}")
     print(f"frames: {grid}; wall {report['wall_minutes']:.1f} min; load average {load0:.1f} -> {os.getloadavg()[0]:.1f}")
     return 0
 

@@ -67,10 +67,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--c2st-steps", type=int, default=c.steps, help="C2ST classifier training steps per fold")
     p.add_argument("--c2st-clips-per-video", type=int, default=d.c2st_clips_per_video)
     p.add_argument("--c2st-max-clips", type=int, default=d.c2st_max_clips, help="C2ST clips per side")
+    p.add_argument("--c2st-frame-size", type=_hw("--c2st-frame-size"), default=c.frame_size, metavar="HxW",
+                   help="frame variant's input size (default %(default)s; a coarser size leaves out fine "
+                        "texture and blur and compares the scene's look: colours, layout)")
+    p.add_argument("--c2st-clip-size", type=_hw("--c2st-clip-size"), default=c.clip_size, metavar="HxW",
+                   help="clip variant's input size (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--tensorboard", default=None, help="also log scalars, drift curves and samples here")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--overwrite", action="store_true")
+
+
+def _hw(flag: str):
+    def parse(text: str) -> tuple[int, int]:
+        try:
+            h, w = (int(v) for v in text.lower().split("x"))
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"{flag} must be HxW like 16x32, got {text!r}") from err
+        return h, w  # the minimum (16) is C2STConfig's check, which names the field
+    return parse
 
 
 def _protocol(args: argparse.Namespace) -> EvalProtocol:
@@ -140,7 +155,8 @@ def _evaluate(args: argparse.Namespace, out: Path) -> dict:
     cached = {m: FeatureStats.load(p) for m, p in caches.items() if p.is_file()}
     ev = Evaluator(metrics, protocol=protocol, i3d=modules.get("i3d"), inception=modules.get("inception"),
                    oracle=oracle, real_stats=cached, batch_size=args.batch_size, num_videos=num_videos,
-                   c2st=C2STConfig(steps=args.c2st_steps, seed=args.seed))
+                   c2st=C2STConfig(steps=args.c2st_steps, seed=args.seed, frame_size=args.c2st_frame_size,
+                                   clip_size=args.c2st_clip_size))
     for items, real, desc in ((real_list, True, "real"), (fake_list, False, "fake")):
         for _, opener in _progress(args, len(items), desc)(items):
             ev.add(opener(), real=real)

@@ -136,6 +136,19 @@ def test_eval_cli_c2st_needs_no_weights(setup, capsys, tmp_path, monkeypatch):
     assert 0.0 <= c2st["frame"]["accuracy"] <= 1.0 and c2st["frame"]["held_out"] == 2 * 12 * 4
     assert report["protocol"]["c2st_clips_per_video"] == 4
     assert (tmp_path / "c2st_drift.png").stat().st_size > 0
+    assert c2st["config"]["frame_size"] == [64, 128]
+    # a coarser frame variant (scene look without fine texture): recorded in the report
+    coarse = tmp_path / "coarse.json"
+    args[args.index("--out") + 1] = str(coarse)
+    assert main([*args, "--c2st-frame-size", "16x32", "--c2st-clip-size", "16x32"]) == 0
+    config = json.loads(coarse.read_text())["c2st"]["config"]
+    assert config["frame_size"] == [16, 32] and config["clip_size"] == [16, 32]
+    capsys.readouterr()
+    assert main([*args, "--c2st-frame-size", "8x16", "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "field 'c2st.frame_size'" in err and "\n" not in err.strip()
+    assert main([*args, "--c2st-frame-size", "big", "--overwrite"]) == 2
+    assert "--c2st-frame-size must be HxW" in capsys.readouterr().err
 
 
 def test_eval_cli_real_against_itself_scores_below_a_different_set(setup, tmp_path):
