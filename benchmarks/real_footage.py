@@ -2,7 +2,7 @@
 
     python benchmarks/real_footage.py --footage DIR --held-out NAME.mp4 [--work runs/real_footage]
         [--synthetic-run RUN] [--minutes 8] [--synthetic-minutes 8] [--seconds 60] [--steps 5]
-        [--stacks synthetic,real,real_init] [--coarse-size 16x32]
+        [--stage-minutes autoencoder=15 ...] [--stacks synthetic,real,real_init] [--coarse-size 16x32]
 
 Every step is a `drivesim` command (printed as it runs) or the Python API:
 
@@ -12,7 +12,7 @@ Every step is a `drivesim` command (printed as it runs) or the Python API:
    at the tiny size: ``synthetic`` (`drivesim train --data synthetic`, or ``--synthetic-run``),
    ``real`` (the footage, from scratch) and ``real_init`` (the footage, ``--init`` the synthetic
    run's models: every stage, the video stage's temporal layers included), the two real ones
-   with the same ``--minutes`` budget.
+   with the same ``--minutes`` budget (``--stage-minutes`` gives a stage its own).
 3. Autoencoder PSNR of each stack on the held-out video (64x128 centre crop, 6-frame windows at
    10 fps through the temporal decoder).
 4. Rollouts of ``--seconds`` from real start frames (the held-out video's first frame, and the first
@@ -60,6 +60,8 @@ def _args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--synthetic-run", default=None, help="a finished synthetic-world run to use and start from")
     p.add_argument("--minutes", type=float, default=8.0, help="training budget of each real stack")
     p.add_argument("--synthetic-minutes", type=float, default=8.0)
+    p.add_argument("--stage-minutes", action="append", default=[], metavar="STAGE=M",
+                   help="a real stack's stage budget in place of its share of --minutes (repeatable)")
     p.add_argument("--seconds", type=float, default=60.0, help="rollout length")
     p.add_argument("--steps", type=int, default=5, help="sampler steps per rollout segment")
     p.add_argument("--c2st-steps", type=int, default=300)
@@ -96,8 +98,9 @@ def split_footage(footage: Path, held_out: str, work: Path) -> tuple[Path, Path]
     return train, test
 
 
-def train(run: Path, data: str, minutes: float, init: Path | None = None) -> Path:
+def train(run: Path, data: str, minutes: float, init: Path | None = None, stage_minutes: tuple[str, ...] = ()) -> Path:
     args = ["train", "--data", data, "--run", str(run), "--minutes", f"{minutes:g}", "--no-progress"]
+    args += [a for m in stage_minutes for a in ("--minutes", m)]
     args += [a for s in STAGES for a in ("--stage", s)] + (["--init", str(init)] if init else [])
     drivesim(*args, "--", *FAST_FIT)
     return run
@@ -252,9 +255,10 @@ def main(argv: list[str]) -> int:
         train(work / "synthetic", "synthetic", args.synthetic_minutes) if "synthetic" in args.stacks else None)
     runs = {"synthetic": synthetic}
     if "real" in args.stacks:
-        runs["real"] = train(work / "real", str(train_videos), args.minutes)
+        runs["real"] = train(work / "real", str(train_videos), args.minutes, stage_minutes=args.stage_minutes)
     if "real_init" in args.stacks:
-        runs["real_init"] = train(work / "real_init", str(train_videos), args.minutes, init=synthetic)
+        runs["real_init"] = train(work / "real_init", str(train_videos), args.minutes, init=synthetic,
+                                  stage_minutes=args.stage_minutes)
     runs = {name: run for name, run in runs.items() if name in args.stacks}
     held_out_clips = convert(held_out, work / "held_out_clips", 4.0)
     real_clips = convert(Path(args.footage), work / "real_clips", 5.0)
