@@ -34,6 +34,7 @@ from drivesim.metrics.degrade import blurred, noisy, shuffled
 from drivesim.metrics.evaluate import evaluate_videos
 from drivesim.metrics.protocol import EvalProtocol
 from drivesim.metrics.sources import list_sources
+from drivesim.utils.args import hw_size
 
 
 def _args(argv: list[str]) -> argparse.Namespace:
@@ -50,8 +51,10 @@ def _args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--blur", type=float, default=1.0, help="Gaussian blur sigma (pixels)")
     p.add_argument("--noise", type=float, default=8.0, help="Gaussian noise sigma (grey levels)")
     p.add_argument("--cases", default="real,blur,noise,shuffle")
-    p.add_argument("--frame-size", default="64x128", help="the frame variant's input size (--c2st-frame-size)")
-    p.add_argument("--clip-size", default="32x64", help="the clip variant's input size (--c2st-clip-size)")
+    p.add_argument("--frame-size", type=hw_size("--frame-size"), default=(64, 128),
+                   help="the frame variant's input size, HxW (--c2st-frame-size)")
+    p.add_argument("--clip-size", type=hw_size("--clip-size"), default=(32, 64),
+                   help="the clip variant's input size, HxW (--c2st-clip-size)")
     return p.parse_args(argv)
 
 
@@ -61,11 +64,6 @@ def _export(args: argparse.Namespace, out: Path) -> Path:
            str(args.seed), "--val-fraction", "0", "--no-progress"]
     subprocess.run(cmd, check=True)
     return out
-
-
-def _hw(text: str) -> tuple[int, int]:
-    h, w = (int(v) for v in text.lower().split("x"))
-    return h, w
 
 
 def _interval(ci: list[float]) -> str:
@@ -96,7 +94,7 @@ def main(argv: list[str]) -> int:
                   "noise": f"vs noise {args.noise:g}", "shuffle": "vs shuffled"}
         protocol = EvalProtocol(window_seconds=None, frame_stride=args.stride,
                                 c2st_clips_per_video=args.clips_per_video, c2st_max_clips=10_000)
-        cfg = replace(C2STConfig(), steps=args.steps, frame_size=_hw(args.frame_size), clip_size=_hw(args.clip_size))
+        cfg = replace(C2STConfig(), steps=args.steps, frame_size=args.frame_size, clip_size=args.clip_size)
         print(f"{root}: {len(real)} real / {len(other)} compared videos; load average {os.getloadavg()[0]:.1f}")
         print(f"C2STConfig {cfg}")
         print(f"{'case':<18} {'frame acc':>6} {'Wilson 95%':<16} {'clustered 95%':<16}   "

@@ -265,10 +265,8 @@ def main(argv: list[str]) -> int:
     starts = start_clips(work, held_out_clips, next(r for n, r in runs.items() if n != "synthetic"))
     report: dict = {"psnr_held_out": {n: autoencoder_psnr(r, held_out_clips) for n, r in runs.items()},
                     "steps": {n: training_steps(r) for n, r in runs.items()}}
-    sizes = {"": None, "_coarse": args.coarse_size or None}
+    sizes = {"": None, **({"_coarse": args.coarse_size} if args.coarse_size else {})}  # report key suffix: size
     for suffix, size in sizes.items():
-        if suffix and not size:
-            continue
         report["c2st" + suffix], report["c2st_vs_recon" + suffix], report["c2st_recon" + suffix] = {}, {}, {}
         for name, run in runs.items():
             fake = rollouts(run, name, starts, work, args.seconds, args.steps)
@@ -286,8 +284,6 @@ def main(argv: list[str]) -> int:
     print("\ntraining steps per stage: " + "; ".join(f"{n} {steps}" for n, steps in report["steps"].items()))
     print("held-out autoencoder PSNR (dB): " + ", ".join(f"{n} {v:.2f}" for n, v in report["psnr_held_out"].items()))
     for suffix, size in sizes.items():
-        if suffix and not size:
-            continue
         at = f" (frame variant at {size})" if size else ""
         for key, what in (("c2st", "rollouts vs real"), ("c2st_vs_recon", "rollouts vs the stack's AE reconstructions"),
                           ("c2st_recon", "AE reconstructions vs real")):

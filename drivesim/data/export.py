@@ -35,19 +35,9 @@ from drivesim.data.clip_format import (
 )
 from drivesim.data.datasets import EGO_PROGRAM_FRACTION, SyntheticDataset, world_config
 from drivesim.data.world.config import DEFAULT_TRAFFIC_RANGE
+from drivesim.utils.args import hw_size
 from drivesim.utils.io import DriveSimInputError
 from drivesim.utils.parallel import spawn_pool
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """``"128x256"`` -> ``(128, 256)`` (height x width)."""
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"--size must be HxW like 128x256, got {text!r}") from err
-    if h < 16 or w < 16:
-        raise argparse.ArgumentTypeError(f"--size must be at least 16x16, got {text!r}")
-    return h, w
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clips", type=int, default=8, help="number of clips")
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each clip")
     parser.add_argument("--fps", type=float, default=10.0, help="frame rate")
-    parser.add_argument("--size", type=parse_size, default=(128, 256), help="HxW, e.g. 128x256")
+    parser.add_argument("--size", type=hw_size("--size", minimum=16), default=(128, 256), help="HxW, e.g. 128x256")
     parser.add_argument("--seed", type=int, default=0, help="base seed (clip i uses a seed derived from it)")
     parser.add_argument("--night-fraction", type=float, default=0.5, help="probability that a clip is at night")
     parser.add_argument("--min-vehicles", type=int, default=0)

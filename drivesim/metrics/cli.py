@@ -24,6 +24,7 @@ from drivesim.metrics.plots import plot_drift, sample_grid, save_png
 from drivesim.metrics.protocol import EvalProtocol
 from drivesim.metrics.report import build_report, mark_weights, write_report
 from drivesim.metrics.sources import dataset_fingerprint, list_sources
+from drivesim.utils.args import hw_size
 from drivesim.utils.io import DriveSimInputError
 
 
@@ -67,25 +68,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--c2st-steps", type=int, default=c.steps, help="C2ST classifier training steps per fold")
     p.add_argument("--c2st-clips-per-video", type=int, default=d.c2st_clips_per_video)
     p.add_argument("--c2st-max-clips", type=int, default=d.c2st_max_clips, help="C2ST clips per side")
-    p.add_argument("--c2st-frame-size", type=_hw("--c2st-frame-size"), default=c.frame_size, metavar="HxW",
+    p.add_argument("--c2st-frame-size", type=hw_size("--c2st-frame-size"), default=c.frame_size, metavar="HxW",
                    help="frame variant's input size (default %(default)s; a coarser size leaves out fine "
                         "texture and blur and compares the scene's look: colours, layout)")
-    p.add_argument("--c2st-clip-size", type=_hw("--c2st-clip-size"), default=c.clip_size, metavar="HxW",
+    p.add_argument("--c2st-clip-size", type=hw_size("--c2st-clip-size"), default=c.clip_size, metavar="HxW",
                    help="clip variant's input size (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--tensorboard", default=None, help="also log scalars, drift curves and samples here")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--overwrite", action="store_true")
-
-
-def _hw(flag: str):
-    def parse(text: str) -> tuple[int, int]:
-        try:
-            h, w = (int(v) for v in text.lower().split("x"))
-        except ValueError as err:
-            raise argparse.ArgumentTypeError(f"{flag} must be HxW like 16x32, got {text!r}") from err
-        return h, w  # the minimum (16) is C2STConfig's check, which names the field
-    return parse
 
 
 def _protocol(args: argparse.Namespace) -> EvalProtocol:

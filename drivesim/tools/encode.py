@@ -20,6 +20,7 @@ import torch
 from drivesim.data.latent_cache import DTYPES, LatentEncoder, encode_dataset
 from drivesim.inference import load_model
 from drivesim.models.autoencoder import AutoencoderKL
+from drivesim.utils.args import hw_size
 
 
 def autoencoder_hash(ae: AutoencoderKL) -> str:
@@ -55,20 +56,12 @@ def encode_with_autoencoder(ckpt: str | Path, data: str | Path, out: str | Path,
                           overwrite=overwrite, progress=progress)
 
 
-def _size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"--size must be HxW like 64x128, got {text!r}") from err
-    return h, w
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ckpt", required=True, help="autoencoder model file (.safetensors/.pt) or Lightning .ckpt")
     parser.add_argument("--data", required=True, help="clip dataset folder (with manifest.jsonl)")
     parser.add_argument("--out", required=True, help="latent cache folder")
     parser.add_argument("--splits", nargs="*", default=None, help="manifest splits to encode (default: all)")
-    parser.add_argument("--size", type=_size, default=None, help="HxW frame size before encoding (default: clip size)")
+    parser.add_argument("--size", type=hw_size("--size"), default=None, help="HxW frame size before encoding (default: clip size)")
     parser.add_argument("--clips-per-shard", type=int, default=8)
     parser.add_argument("--batch-frames", type=int, default=16, help="frames per encoder call")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="storage dtype of mean/logvar")

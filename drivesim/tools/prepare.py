@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from drivesim.data.clip_format import MANIFEST, read_clip, read_manifest, scan_clips, write_manifest
+from drivesim.utils.args import hw_size
 from drivesim.utils.io import DriveSimInputError, atomic_write_json
 
 VIDEO_EXTS = (".mp4", ".mov", ".avi", ".mkv", ".m4v")  # as data_prep/videos_to_clips.py
@@ -173,21 +174,13 @@ def write_start_clip(root: Path, out: Path, size: tuple[int, int], split: str = 
     return out
 
 
-def _size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected HxW like 64x128, got {text!r}") from err
-    return h, w
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help=f"DATA: {WHAT}")
     parser.add_argument("--out", required=True, help="clip folder for converted data (unused for a clip folder)")
-    parser.add_argument("--size", type=_size, required=True, help="HxW of the training clips")
+    parser.add_argument("--size", type=hw_size("--size"), required=True, help="HxW of the training clips")
     parser.add_argument("--clip-seconds", type=float, default=4.0, help="length of converted clips")
     parser.add_argument("--hr-out", default=None, help="also convert at --hr-size into this folder (upsampler)")
-    parser.add_argument("--hr-size", type=_size, default=None)
+    parser.add_argument("--hr-size", type=hw_size("--hr-size"), default=None)
     parser.add_argument("--start", required=True, help="start clip folder to write")
     parser.add_argument("--info", required=True, help="JSON summary to write")
     parser.add_argument("--workers", type=int, default=1)
