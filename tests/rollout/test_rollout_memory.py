@@ -41,17 +41,16 @@ def test_rss_does_not_grow_with_rollout_length(tmp_path):
 
 
 def _array_key(x, np) -> tuple[int, int] | None:
-    """(storage key, bytes) of a CPU tensor or numpy array; None for anything else. Tensors
-    without a storage (fake and functional tensors left by compile tests) hold no memory here."""
-    if isinstance(x, np.ndarray):
-        base = x if x.base is None else x.base
-        return id(base), getattr(base, "nbytes", x.nbytes)
-    if isinstance(x, torch.Tensor) and x.device.type == "cpu":
-        try:
-            storage = x.untyped_storage()
-        except (RuntimeError, NotImplementedError):  # no storage to count
-            return None
-        return storage.data_ptr(), storage.nbytes()
+    """(storage key, bytes) of a CPU tensor or numpy array; None for anything else, including
+    objects that cannot be inspected (dead weak proxies, fake tensors left by compile tests)."""
+    try:
+        if isinstance(x, torch.Tensor) and x.device.type == "cpu":
+            return x.untyped_storage().data_ptr(), x.untyped_storage().nbytes()
+        if isinstance(x, np.ndarray):
+            base = x if x.base is None else x.base
+            return id(base), getattr(base, "nbytes", x.nbytes)
+    except (ReferenceError, RuntimeError, NotImplementedError):  # a dead proxy, a tensor without storage
+        return None
     return None
 
 
@@ -68,9 +67,9 @@ def live_array_mb() -> float:
     with warnings.catch_warnings():  # isinstance on deprecated module-level objects warns
         warnings.simplefilter("ignore", FutureWarning)
         for obj in gc.get_objects():
+            if type(obj) in weakref.ProxyTypes:  # may be dead: touching it raises
+                continue
             for x in (obj, *(gc.get_referents(obj) if isinstance(obj, (list, tuple, dict)) else ())):
-                if type(x) in weakref.ProxyTypes:  # may be dead: isinstance on it raises
-                    continue
                 found = _array_key(x, np)
                 if found is not None and found[0] not in seen:
                     seen.add(found[0])
